@@ -1,0 +1,325 @@
+"""Chat with an RWKV6 checkpoint: a merged model, or a base model plus an adapter merged in memory.
+
+    python demo/chat.py --model merged.pth                        # interactive
+    python demo/chat.py --base base.pth --adapter adapter.pth     # merges in memory, then the same
+    python demo/chat.py --model merged.pth --prompt "Hi" --prompt "And then?"   # one reply per prompt
+    printf 'Hi\\nAnd then?\\n' | python demo/chat.py --model merged.pth        # lines on stdin, likewise
+
+Turns use RWKV's chat format "User: {message}\\n\\nAssistant:" (the same text train.py's SFT data renders,
+via src.data.render_sft_prompt); a reply ends at a blank line ("\\n\\n"), at the end-of-document token, or
+after --max_tokens. The recurrent state is kept between turns, so the model remembers the conversation
+(--fresh starts every prompt from an empty state; type /reset in the interactive loop).
+
+Two engines compute the logits; demo/sampling.py turns them into tokens for both, with one seeded
+torch.Generator, so a fixed --seed gives the same reply whichever engine runs:
+- rwkv:   the `rwkv` pip package's RWKV class (the reference implementation RWKV users run). It reads weights
+          from a .pth file, so with --base/--adapter the merged weights are written to a temporary .pth first.
+- native: this project's RWKV6 module (src.model) with its WKV op, fed the merged weights directly.
+--engine auto picks native for byte-vocabulary models (vocab <= 256, e.g. the offline quickstart's) and
+rwkv otherwise.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids  # noqa: E402
+
+TURN_SEPARATOR = "\n\n"
+BYTE_VOCAB_MAX = 256
+
+
+def merge_in_memory(base_path, adapter_path) -> dict:
+    """Base + adapter folded into plain RWKV6 weights, exactly as `python -m src.merge` writes them.
+
+    The merge runs in fp32 and each tensor is cast back to the base file's dtype, so serving this dict gives
+    the same replies as serving the file src.merge would write.
+    """
+    from src.checkpoint import load_rwkv_state_dict
+    from src.model import RWKV6
+    from src.peft import load_adapter, merge_peft
+
+    base = load_rwkv_state_dict(base_path)
+    model = RWKV6.from_checkpoint(base_path, wkv_op="torch", dtype=torch.float32)
+    load_adapter(model, adapter_path)
+    merge_peft(model)
+    merged = model.state_dict()
+    return {key: merged[key].to(base[key].dtype).contiguous() for key in base}
+
+
+class RwkvPackageEngine:
+    """Logits from the `rwkv` pip package's RWKV6 (rwkv.model.RWKV); main() sets its RWKV_* variables first."""
+
+    name = "rwkv"
+
+    def __init__(self, pth_path, strategy):
+        from rwkv.model import RWKV
+
+        self.model = RWKV(model=str(pth_path), strategy=strategy, verbose=False)
+        self.vocab_size = int(self.model.w["emb.weight"].shape[0])
+
+    def forward(self, tokens, state):
+        """Feed tokens (a list of ids) after `state`; the last position's logits (fp32, CPU) and the new state."""
+        logits, state = self.model.forward(list(tokens), state)
+        return logits.float().cpu(), state
+
+
+class NativeEngine:
+    """Logits from this project's RWKV6 (src.model), running its recurrent mode."""
+
+    name = "native"
+
+    def __init__(self, state_dict, device, dtype):
+        from src.checkpoint import infer_config
+        from src.model import RWKV6
+        from src.ops import resolve_wkv_op
+
+        config = infer_config(state_dict)
+        config.wkv_op = resolve_wkv_op("auto", torch.device(device))
+        with torch.device("meta"):
+            model = RWKV6(config)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.device = device
+        self.vocab_size = config.vocab_size
+
+    @torch.no_grad()
+    def forward(self, tokens, state):
+        """Feed tokens (a list of ids) after `state`; the last position's logits (fp32, CPU) and the new state."""
+        idx = torch.tensor([list(tokens)], dtype=torch.long, device=self.device)
+        logits, state = self.model(idx, state=state, return_state=True)
+        return logits[0, -1].float().cpu(), state
+
+
+class ChatSession:
+    """A conversation: renders each user message as a turn, feeds it, and samples the reply."""
+
+    def __init__(self, engine, tokenizer, sampler, template="rwkv", max_tokens=200, chunk_len=256, fresh=False):
+        if max_tokens <= 0:
+            raise ValueError(f"--max_tokens must be positive, got {max_tokens}")
+        if chunk_len <= 0:
+            raise ValueError(f"--chunk_len must be positive, got {chunk_len}")
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.sampler = sampler
+        self.template = template
+        self.max_tokens = max_tokens
+        self.chunk_len = chunk_len
+        self.fresh = fresh
+        self.state = None
+
+    def reset(self):
+        """Forget the conversation."""
+        self.state = None
+
+    def _feed(self, ids, state):
+        logits = None
+        for start in range(0, len(ids), self.chunk_len):
+            logits, state = self.engine.forward(ids[start:start + self.chunk_len], state)
+        return logits, state
+
+    def reply(self, message, on_text=None) -> str:
+        """The assistant's reply to `message`; on_text(new_text) is called as printable text appears."""
+        from src.data import render_sft_prompt
+
+        if self.fresh:
+            self.reset()
+        # A blank line inside the message would read as the end of the user's turn.
+        message = "\n".join(line.strip() for line in message.strip().splitlines() if line.strip())
+        prompt_ids = self.tokenizer.encode(render_sft_prompt(message, self.template))
+        logits, state = self._feed(prompt_ids, self.state)
+        self.sampler.start_reply()
+        reply_ids, shown = [], 0
+        ended_by_separator = False
+        text = ""
+        while len(reply_ids) < self.max_tokens:
+            token = self.sampler.sample(logits)
+            if token == self.tokenizer.eod_id:
+                break
+            self.sampler.observe(token)
+            reply_ids.append(token)
+            logits, state = self.engine.forward([token], state)
+            text = self.tokenizer.decode(reply_ids)
+            if TURN_SEPARATOR in text:
+                ended_by_separator = True
+                break
+            if on_text is not None:
+                # Hold back trailing newlines (maybe the start of the separator) and cut UTF-8 sequences.
+                visible = text.lstrip().rstrip("\n").rstrip("\ufffd")
+                if len(visible) > shown:
+                    on_text(visible[shown:])
+                    shown = len(visible)
+        reply = text.split(TURN_SEPARATOR)[0].strip()
+        if on_text is not None and len(reply) > shown:
+            on_text(reply[shown:])
+        if not ended_by_separator and not self.fresh:
+            # Close the turn in the state as the chat format does, so the next "User:" follows a blank line.
+            _, state = self._feed(self.tokenizer.encode(TURN_SEPARATOR), state)
+        self.state = state
+        return reply
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_argument_group("model (either --model, or --base with --adapter)")
+    source.add_argument("--model", help="an RWKV6 .pth in the official layout (a release, or a merged model)")
+    source.add_argument("--base", help="base RWKV6 .pth that --adapter was trained on (merged in memory)")
+    source.add_argument("--adapter", help="adapter file written by train.py")
+    serving = parser.add_argument_group("serving")
+    serving.add_argument("--engine", choices=["auto", "rwkv", "native"], default="auto",
+                         help="rwkv: the rwkv pip package; native: src.model; auto: native for byte vocabularies")
+    serving.add_argument("--tokenizer", choices=["auto", "world", "byte"], default="auto",
+                         help="auto: byte when the model's vocabulary has <= 256 ids, world otherwise")
+    serving.add_argument("--template", choices=["rwkv", "alpaca"], default="rwkv",
+                         help="turn format, as train.py's SFT data renders it")
+    serving.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    serving.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                         help="weights dtype (default fp32 on CPU, bf16 on CUDA)")
+    serving.add_argument("--chunk_len", type=int, default=256, help="prompt tokens fed per forward call")
+    sampling = parser.add_argument_group("sampling (demo/sampling.py)")
+    sampling.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    sampling.add_argument("--top_p", type=float, default=0.3)
+    sampling.add_argument("--presence_penalty", type=float, default=0.5)
+    sampling.add_argument("--frequency_penalty", type=float, default=0.5)
+    sampling.add_argument("--penalty_decay", type=float, default=0.996)
+    sampling.add_argument("--max_tokens", type=int, default=200, help="longest reply, in tokens")
+    sampling.add_argument("--seed", type=int, default=42, help="seeds the sampler: same seed, same replies")
+    io = parser.add_argument_group("non-interactive mode")
+    io.add_argument("--prompt", action="append", default=[],
+                    help="a user message (repeatable): print one reply per prompt and exit. Without --prompt, "
+                         "lines on stdin are read the same way when stdin is not a terminal")
+    io.add_argument("--jsonl", action="store_true", help='print {"prompt", "reply"} JSON lines instead of a transcript')
+    io.add_argument("--fresh", action="store_true",
+                    help="answer each prompt from an empty state (independent questions) instead of one conversation")
+    return parser
+
+
+def resolve_source(args, parser):
+    """The merged weights to serve, as (state_dict, pth_path or None)."""
+    from src.checkpoint import load_rwkv_state_dict
+
+    if args.model and (args.base or args.adapter):
+        parser.error("give either --model, or --base with --adapter, not both")
+    if args.model:
+        return load_rwkv_state_dict(args.model), Path(args.model)
+    if args.base and args.adapter:
+        for flag, path in (("--base", args.base), ("--adapter", args.adapter)):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"{flag} {path}: no such file")
+        return merge_in_memory(args.base, args.adapter), None
+    if args.base or args.adapter:
+        parser.error("--base and --adapter go together: the adapter is merged into the base it was trained on")
+    parser.error("no model: pass --model MERGED.pth, or --base BASE.pth --adapter ADAPTER "
+                 "(no checkpoint yet? `bash scripts/quickstart.sh` trains a tiny one offline)")
+
+
+def set_rwkv_package_environment(device):
+    """The `rwkv` package reads these when rwkv.model is first imported: set them before that import."""
+    use_cuda = device == "cuda"
+    os.environ["RWKV_JIT_ON"] = "1" if use_cuda else "0"
+    # Its CUDA kernels are compiled on import; without nvcc the package would fail to build them.
+    os.environ["RWKV_CUDA_ON"] = "1" if use_cuda and shutil.which("nvcc") else "0"
+    # RWKV_V7_ON=1 swaps in the RWKV-7 class, which cannot load an RWKV6 checkpoint.
+    os.environ.pop("RWKV_V7_ON", None)
+
+
+def build_engine(args, state_dict, pth_path, device, precision, workdir):
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if args.engine == "native":
+        return NativeEngine(state_dict, device, dtype)
+    if pth_path is None or pth_path.suffix != ".pth":
+        # The rwkv package loads weights from a .pth file only: hand it the merged weights through one.
+        from src.checkpoint import save_atomic
+
+        pth_path = save_atomic(state_dict, Path(workdir) / "merged.pth")
+    set_rwkv_package_environment(device)
+    return RwkvPackageEngine(pth_path, f"{device} {precision}")
+
+
+def read_prompts(args):
+    if args.prompt:
+        return args.prompt
+    if not sys.stdin.isatty():
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    return None
+
+
+def interactive(session):
+    print("Chat started: type a message; /reset forgets the conversation, /quit (or Ctrl-D) exits.")
+    while True:
+        try:
+            message = input("\nUser: ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not message.strip():
+            continue
+        if message.strip() == "/quit":
+            return
+        if message.strip() == "/reset":
+            session.reset()
+            print("(conversation reset)")
+            continue
+        print("\nAssistant: ", end="", flush=True)
+        session.reply(message, on_text=lambda text: print(text, end="", flush=True))
+        print()
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device: use --device cpu")
+    precision = args.precision or ("bf16" if device == "cuda" else "fp32")
+    torch.manual_seed(args.seed)
+    try:
+        sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
+                                  presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                                  penalty_decay=args.penalty_decay)
+        state_dict, pth_path = resolve_source(args, parser)
+        vocab_size = int(state_dict["emb.weight"].shape[0])
+        tokenizer_name = args.tokenizer if args.tokenizer != "auto" else (
+            "byte" if vocab_size <= BYTE_VOCAB_MAX else "world")
+        if args.engine == "auto":
+            args.engine = "native" if tokenizer_name == "byte" else "rwkv"
+        from src.data import get_tokenizer
+
+        tokenizer = get_tokenizer(tokenizer_name)
+        if tokenizer.vocab_size > vocab_size:
+            raise ValueError(f"the {tokenizer_name} tokenizer has {tokenizer.vocab_size} ids but the model's "
+                             f"vocabulary has {vocab_size}: pass --tokenizer byte for byte-level models")
+        with tempfile.TemporaryDirectory(prefix="rwkv-chat-") as workdir:
+            engine = build_engine(args, state_dict, pth_path, device, precision, workdir)
+        del state_dict
+        sampler = Sampler(sampling, engine.vocab_size, seed=args.seed, exempt_ids=penalty_exempt_ids(tokenizer))
+        session = ChatSession(engine, tokenizer, sampler, template=args.template, max_tokens=args.max_tokens,
+                              chunk_len=args.chunk_len, fresh=args.fresh)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"chat: {error}", file=sys.stderr)
+        return 2
+
+    prompts = read_prompts(args)
+    if prompts is None:
+        interactive(session)
+        return 0
+    for prompt in prompts:
+        reply = session.reply(prompt)
+        if args.jsonl:
+            print(json.dumps({"prompt": prompt, "reply": reply}, ensure_ascii=False), flush=True)
+        else:
+            print(f"User: {prompt}\n\nAssistant: {reply}\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

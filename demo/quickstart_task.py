@@ -1,0 +1,152 @@
+"""The offline quickstart's task: small arithmetic word problems whose answers can be checked exactly.
+
+Three files come out of one seed, always the same for the same seed:
+- pretrain.jsonl  {"text"}: stories and arithmetic facts in narrative form ("Tom had 7 apples and got 5 more,
+  so Tom had 12 apples.", "7 + 5 = 12."). A base model trained on it knows the words and the sums, but has
+  never seen a question or the "User: ... Assistant: ..." format.
+- train.jsonl     {"query", "response"}: the same kind of stories asked as questions, answered in
+  MetaMathQA's style ("Tom has 7 + 5 = 12 apples. The answer is 12."): the fine-tuning data.
+- test.jsonl      {"question", "answer"}: held-out questions in GSM8K's format ("... #### 12"), scored by
+  `python -m src.eval.math --format gsm8k`.
+
+Held out means: the test questions use number pairs (operation, a, b) that no training question uses. Those
+sums do occur in the pretraining text, so a fine-tuned model answers them by combining the base's arithmetic
+with the question format it learned, not by recalling a training answer.
+
+    python demo/quickstart_task.py --out_dir out/quickstart/data --seed 0
+"""
+import argparse
+import json
+import random
+from pathlib import Path
+
+NAMES = [
+    "Tom", "Anna", "Ben", "Lily", "Sam", "Mia", "Max", "Emma", "Leo", "Zoe", "Jack", "Nina", "Omar", "Ruth",
+    "Ivan", "Kate", "Paul", "Sara", "Hugo", "Lucy",
+]
+OBJECTS = [
+    "apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "shells", "cards", "eggs",
+    "flowers", "stamps", "candies", "balls", "cups", "hats",
+]
+# Each operation: how a question states it (present tense), how a story tells it (past tense).
+ADD_VERBS = [("gets", "got"), ("finds", "found"), ("buys", "bought")]
+SUB_VERBS = [("gives away", "gave away"), ("loses", "lost"), ("sells", "sold")]
+
+MIN_START, MAX_START = 2, 19  # the first number
+MIN_CHANGE, MAX_CHANGE = 1, 9  # the second number
+
+
+def all_number_pairs():
+    """Every (op, a, b) the task uses: additions a + b, subtractions a - b with a non-negative result."""
+    pairs = []
+    for a in range(MIN_START, MAX_START + 1):
+        for b in range(MIN_CHANGE, MAX_CHANGE + 1):
+            pairs.append(("+", a, b))
+            if b <= a:
+                pairs.append(("-", a, b))
+    return pairs
+
+
+def result_of(op, a, b):
+    return a + b if op == "+" else a - b
+
+
+def make_question(rng, op, a, b):
+    """One word problem as a dict with the question, the worked response and the numeric answer."""
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    present, _ = rng.choice(ADD_VERBS if op == "+" else SUB_VERBS)
+    more = " more" if op == "+" else ""
+    answer = result_of(op, a, b)
+    question = f"{name} has {a} {obj} and {present} {b}{more}. How many {obj} does {name} have now?"
+    working = f"{name} has {a} {op} {b} = {answer} {obj} now."
+    return {"question": question, "working": working, "answer": answer}
+
+
+def make_story(rng, op, a, b):
+    """One narrative sentence or arithmetic fact about (op, a, b), in the pretraining surface forms."""
+    name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
+    _, past = rng.choice(ADD_VERBS if op == "+" else SUB_VERBS)
+    more = " more" if op == "+" else ""
+    c = result_of(op, a, b)
+    word = "plus" if op == "+" else "minus"
+    forms = [
+        f"{name} had {a} {obj} and {past} {b}{more}, so {name} had {c} {obj}.",
+        f"After {name} {past} {b}{more} {obj}, the {a} {obj} became {c} {obj}.",
+        f"{a} {op} {b} = {c}.",
+        f"{a} {word} {b} is {c}.",
+        f"{name} had {a} {op} {b} = {c} {obj}.",
+    ]
+    return rng.choice(forms)
+
+
+def generate_task(seed=0, n_train=2000, n_test=200, n_pretrain=20000, test_pair_fraction=0.2):
+    """(pretrain_texts, train_records, test_records) for a seed; the same seed gives the same lists."""
+    if not 0 < test_pair_fraction < 1:
+        raise ValueError(f"test_pair_fraction must be in (0, 1), got {test_pair_fraction}")
+    for name, value in (("n_train", n_train), ("n_test", n_test), ("n_pretrain", n_pretrain)):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    rng = random.Random(seed)
+    pairs = all_number_pairs()
+    rng.shuffle(pairs)
+    n_held = max(1, int(len(pairs) * test_pair_fraction))
+    test_pairs, train_pairs = pairs[:n_held], pairs[n_held:]
+
+    # Each pretraining document packs a few stories, so every context window sees several sums.
+    pretrain = []
+    for _ in range(n_pretrain):
+        sentences = [make_story(rng, *rng.choice(pairs)) for _ in range(rng.randint(2, 4))]
+        pretrain.append({"text": " ".join(sentences)})
+
+    train = []
+    for _ in range(n_train):
+        q = make_question(rng, *rng.choice(train_pairs))
+        train.append({"query": q["question"], "response": f"{q['working']} The answer is {q['answer']}."})
+
+    test, seen = [], set()
+    attempts = 0
+    while len(test) < n_test:
+        q = make_question(rng, *rng.choice(test_pairs))
+        attempts += 1
+        if q["question"] in seen and attempts < 100 * n_test:
+            continue  # distinct test questions while there are enough to go round
+        seen.add(q["question"])
+        test.append({"question": q["question"], "answer": f"{q['working']}\n#### {q['answer']}"})
+    return pretrain, train, test
+
+
+def write_jsonl(path, records):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_task(out_dir, seed=0, n_train=2000, n_test=200, n_pretrain=20000):
+    """Write pretrain.jsonl, train.jsonl and test.jsonl into out_dir; return their paths by name."""
+    pretrain, train, test = generate_task(seed=seed, n_train=n_train, n_test=n_test, n_pretrain=n_pretrain)
+    out_dir = Path(out_dir)
+    return {
+        "pretrain": write_jsonl(out_dir / "pretrain.jsonl", pretrain),
+        "train": write_jsonl(out_dir / "train.jsonl", train),
+        "test": write_jsonl(out_dir / "test.jsonl", test),
+    }
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out_dir", required=True, help="folder for pretrain.jsonl, train.jsonl, test.jsonl")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n_train", type=int, default=2000, help="fine-tuning questions (sft jsonl)")
+    parser.add_argument("--n_test", type=int, default=200, help="held-out questions (GSM8K format)")
+    parser.add_argument("--n_pretrain", type=int, default=20000, help="pretraining documents ({'text'} jsonl)")
+    args = parser.parse_args(argv)
+    paths = write_task(args.out_dir, args.seed, args.n_train, args.n_test, args.n_pretrain)
+    for name, path in paths.items():
+        print(f"{name}: {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: answer extraction for GSM8K and MATH, batched greedy decoding, and the accuracy CLI."""

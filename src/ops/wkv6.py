@@ -1,0 +1,129 @@
+"""The public WKV6 operator: one interface over three implementations, and the choice between them.
+
+    y, state_out = wkv6(r, k, v, w, u, state=None, op="torch")
+
+Per batch element b and head h, with key index i, value index j, bonus u = time_faaaa and the per-token,
+per-channel decay d_t[i] = exp(-exp(w_t[i])) in (0, 1):
+
+    y_t[j] = sum_i r_t[i] * (u[i] * k_t[i] * v_t[j] + S[i, j])
+    S[i, j] <- d_t[i] * S[i, j] + k_t[i] * v_t[j]
+
+S starts as `state` (zeros when None) and its value after the last token is returned as state_out, so a long
+sequence can be processed in pieces: feeding a piece's state_out as the next piece's state gives the same y as
+one call over the whole sequence.
+
+Implementations (`op`):
+- "torch": chunked parallel PyTorch (src/ops/wkv6_torch.py), any device, fp32/bf16/fp64 inputs.
+- "cuda": our CUDA kernel (src/ops/wkv6_cuda.py, cuda/), CUDA tensors in bf16 or fp32, T up to a compiled maximum.
+- "sequential": a plain loop over time (src/ops/wkv6_sequential.py), the reference for tests.
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from src.ops.wkv6_sequential import wkv6_sequential
+from src.ops.wkv6_torch import wkv6_torch
+
+WKV_OPS = ("torch", "cuda", "sequential")
+
+
+def _check_inputs(r, k, v, w, u, state) -> None:
+    tensors = {"r": r, "k": k, "v": v, "w": w}
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv6: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"wkv6: {name} must be a floating-point tensor, got dtype {x.dtype}")
+    if r.dim() != 4:
+        raise ValueError(f"wkv6: r must have shape [B, T, H, N], got {tuple(r.shape)}")
+    for name, x in tensors.items():
+        if x.shape != r.shape:
+            raise ValueError(
+                f"wkv6: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, k, v, w must all be [B, T, H, N]"
+            )
+        if x.dtype != r.dtype:
+            raise ValueError(f"wkv6: {name} is {x.dtype} but r is {r.dtype}; pass r, k, v, w in one dtype")
+        if x.device != r.device:
+            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; move them to one device")
+    B, T, H, N = r.shape
+    if T < 1:
+        raise ValueError(f"wkv6: the sequence is empty (T={T}); pass at least one token")
+    if not isinstance(u, torch.Tensor) or not u.is_floating_point():
+        raise ValueError("wkv6: u (time_faaaa) must be a floating-point tensor of shape [H, N]")
+    if tuple(u.shape) != (H, N):
+        raise ValueError(f"wkv6: u (time_faaaa) must have shape [H, N] = [{H}, {N}], got {tuple(u.shape)}")
+    if u.device != r.device:
+        raise ValueError(f"wkv6: u is on {u.device} but r is on {r.device}; move it to r's device")
+    if state is not None:
+        if tuple(state.shape) != (B, H, N, N):
+            raise ValueError(
+                f"wkv6: state must have shape [B, H, N, N] = [{B}, {H}, {N}, {N}], got {tuple(state.shape)}"
+            )
+        if not state.is_floating_point():
+            raise ValueError(f"wkv6: state must be a float32 tensor, got dtype {state.dtype}")
+        if state.device != r.device:
+            raise ValueError(f"wkv6: state is on {state.device} but r is on {r.device}; move it to r's device")
+
+
+def wkv6(
+    r: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    state: Optional[torch.Tensor] = None,
+    op: str = "torch",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run WKV6 (see the module docstring for the recurrence).
+
+    Args:
+        r, k, v, w: [B, T, H, N], one float dtype (fp32 or bf16; fp64 with the torch/sequential ops). w is the raw
+            decay parameter; the per-step decay is exp(-exp(w)).
+        u: [H, N], the bonus (time_faaaa).
+        state: [B, H, N, N] float32, indexed [b, h, key i, value j], or None for zeros. Never modified.
+        op: "torch", "cuda" or "sequential" (use `resolve_wkv_op` to turn "auto" into one of these).
+
+    Returns:
+        y [B, T, H, N] in r's dtype and state_out [B, H, N, N] float32 (float64 when the inputs are float64).
+        Differentiable with respect to r, k, v, w, u and state.
+    """
+    _check_inputs(r, k, v, w, u, state)
+    if op == "torch":
+        return wkv6_torch(r, k, v, w, u, state)
+    if op == "sequential":
+        return wkv6_sequential(r, k, v, w, u, state)
+    if op == "cuda":
+        from src.ops.wkv6_cuda import wkv6_cuda
+
+        return wkv6_cuda(r, k, v, w, u, state)
+    raise ValueError(f"wkv6: unknown op {op!r}; choose one of {', '.join(WKV_OPS)} (or resolve 'auto' first)")
+
+
+def resolve_wkv_op(name: str, device) -> str:
+    """Turn an op request into the op to run on `device`: "auto" -> "cuda" where it can run, else "torch".
+
+    "cuda" can run when `device` is a CUDA device, torch has CUDA, and the extension builds (nvcc and ninja
+    present; the build is cached, so this is fast after the first time). "auto" prints which op it picked.
+    "cuda" asked for where it cannot run raises RuntimeError saying why. "torch" and "sequential" pass through.
+    """
+    device = torch.device(device)
+    if name in ("torch", "sequential"):
+        return name
+    if name not in ("auto", "cuda"):
+        raise ValueError(f"unknown WKV op {name!r}; choose auto, {', '.join(WKV_OPS)}")
+    from src.ops.wkv6_cuda import cuda_unavailable_reason, load_wkv6_extension
+
+    reason = cuda_unavailable_reason(device)
+    if reason is None:
+        try:
+            load_wkv6_extension()
+        except Exception as error:  # a failed build is reported, and "auto" falls back to torch
+            reason = f"building the WKV6 CUDA extension failed: {error}"
+    if name == "cuda":
+        if reason is not None:
+            raise RuntimeError(f"WKV op 'cuda' cannot run here: {reason}. Use op='torch' (works on CPU and GPU).")
+        return "cuda"
+    picked = "cuda" if reason is None else "torch"
+    message = f"WKV6 op 'auto' on {device}: using '{picked}'" + ("" if reason is None else f" ({reason})")
+    print(message, flush=True)
+    return picked

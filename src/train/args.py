@@ -1,0 +1,403 @@
+"""Command-line flags of train.py and the TrainConfig they produce.
+
+Flag names and meanings follow RWKV-PEFT / RWKV-LM (`--load_model --proj_dir --data_file --data_type --vocab_size
+--ctx_len --epoch_steps --epoch_count --epoch_begin --epoch_save --micro_bsz --n_layer --n_embd --strategy --grad_cp
+--dataload --loss_mask --peft --train_parts --lr_init --lr_final --warmup_steps --beta1 --beta2 --adam_eps
+--weight_decay --bone_config --lora_config --pissa_config ...`). Differences, on purpose:
+
+- `--train_parts` is a comma-separated list ("time,ln") and defaults to none: only the adapter trains. RWKV-PEFT's
+  default "time,ln" also trains ~22.8M (1.6B), 38.0M (3B), 119.6M (7B) mixing/decay parameters; pass
+  `--train_parts time,ln` for that behaviour.
+- `--n_layer/--n_embd/--vocab_size` have no defaults: with `--load_model` they are read from the checkpoint
+  (and, when given, checked against it); without it they define a new model.
+- `--config FILE.yaml` may set any flag by its name; flags given on the command line win.
+
+Every value is validated in `TrainConfig.__post_init__`, so YAML values get the same checks as flags.
+"""
+import argparse
+import json
+import os
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Optional
+
+DEEPSPEED_STRATEGIES = {
+    "deepspeed_stage_1": dict(stage=1),
+    "deepspeed_stage_2": dict(stage=2),
+    "deepspeed_stage_2_offload": dict(stage=2, offload_optimizer=True),
+    "deepspeed_stage_3": dict(stage=3),
+    "deepspeed_stage_3_offload": dict(stage=3, offload_optimizer=True, offload_parameters=True),
+}
+OTHER_STRATEGIES = ("ddp", "auto", "single")
+STRATEGY_NAMES = tuple(DEEPSPEED_STRATEGIES) + OTHER_STRATEGIES
+
+
+def is_deepspeed(name: str) -> bool:
+    """True for the deepspeed_* strategy names."""
+    return name in DEEPSPEED_STRATEGIES
+
+
+PEFT_METHODS = ("none", "bone", "lora", "pissa")
+GRAD_CP_CHOICES = {"none": "none", "0": "none", "layer": "layer", "1": "layer", "bone": "bone"}
+PRECISION_CHOICES = {"bf16": "bf16", "fp16": "fp16", "16": "fp16", "fp32": "fp32", "32": "fp32", "tf32": "tf32"}
+LR_SCHEDULES = {"exp": "exp", "exponential": "exp", "cos": "cos", "cosine": "cos"}
+ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}
+TOKENIZERS = ("auto", "world", "byte")
+OPTIMIZERS = ("adamw", "adam")
+WKV_OPS = ("auto", "torch", "cuda")
+DATA_TYPES = ("binidx", "jsonl", "sft")
+DATALOADS = ("get", "pad", "only")
+LOSS_MASKS = ("none", "pad", "qa")
+QUICKSTART_HINT = (
+    "Get an RWKV6 checkpoint (e.g. RWKV-x060-World-1B6-v2.1-*.pth from the Hugging Face repo BlinkDL/rwkv-6-world) "
+    "and pass it with --load_model PATH, or run the offline quickstart, which trains its own tiny base first: "
+    "`bash scripts/quickstart.sh`. To train a new model from scratch instead, use --peft none with "
+    "--n_layer/--n_embd/--vocab_size"
+)
+
+
+def _flag(default, help, type=None, flags=(), nargs=None, action=None, hidden=False):
+    """A TrainConfig field that is also a command-line flag (--NAME plus optional alias spellings)."""
+    return field(default=default, metadata=dict(help=help, type=type, flags=flags, nargs=nargs, action=action,
+                                                hidden=hidden))
+
+
+def _bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected a boolean (true/false/1/0), got {value!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; built by parse_args from flags and an optional YAML file."""
+
+    # run
+    config: Optional[str] = _flag(None, "YAML file with flag values (keys are flag names); command-line flags win")
+    proj_dir: str = _flag("out", "output folder: adapters, checkpoints, metrics.csv, loss.png")
+    dry_run: bool = _flag(False, "build the model on the meta device, print the adapter table and a JSON summary "
+                                 "line, and stop (no weights, no data)", action="store_true")
+    resume: bool = _flag(False, "require a checkpoint in --proj_dir and continue from it (without this flag an "
+                                "existing checkpoint is resumed too; use --fresh to ignore it)", action="store_true")
+    fresh: bool = _flag(False, "ignore (and replace) checkpoints already in --proj_dir", action="store_true")
+    seed: int = _flag(0, "random seed (model init, LoRA init, data order)", type=int, flags=("--random_seed",))
+    # model
+    load_model: Optional[str] = _flag(None, "base RWKV6 .pth (official layout); omit only with --peft none to "
+                                            "train a new model")
+    n_layer: Optional[int] = _flag(None, "layers (new model; checked against --load_model if given)", type=int)
+    n_embd: Optional[int] = _flag(None, "embedding size (new model; checked against --load_model)", type=int)
+    vocab_size: Optional[int] = _flag(None, "vocabulary size (new model; checked against --load_model)", type=int)
+    dim_ffn: Optional[int] = _flag(None, "channel-mix width (default int(n_embd*3.5)//32*32)", type=int)
+    head_size_a: int = _flag(64, "head size", type=int)
+    dim_maa_lora: Optional[int] = _flag(None, "time_maa mini-LoRA width (default 32, 64 for n_embd >= 4096)",
+                                        type=int)
+    dim_decay_lora: Optional[int] = _flag(None, "time_decay mini-LoRA width (default 64, 128 for n_embd >= 4096)",
+                                          type=int)
+    wkv_op: str = _flag("auto", "WKV6 operator: auto (cuda when available), torch, cuda")
+    # data
+    data_file: Optional[str] = _flag(None, "binidx prefix (PREFIX.bin/.idx) or .jsonl/.json file")
+    data_type: str = _flag("binidx", "binidx | jsonl ({\"text\"} lines) | sft (query/response records)")
+    tokenizer: str = _flag("auto", "auto (byte when vocab_size is 256, else world) | world | byte")
+    ctx_len: int = _flag(1024, "tokens per sample", type=int)
+    dataload: str = _flag("get", "get (random windows) | pad (one document per sample) | only (no padding)")
+    loss_mask: Optional[str] = _flag(None, "none | pad | qa (default: qa for --data_type sft, else none)")
+    sft_field: tuple = _flag(("query", "response"), "query and response field names of sft data", nargs=2)
+    text_field: str = _flag("text", "text field of jsonl data")
+    template: str = _flag("rwkv", "SFT template: rwkv (User:/Assistant:) | alpaca")
+    data_shuffle: bool = _flag(True, "visit documents in a seeded random order (pad/only)", type=_bool)
+    # schedule
+    micro_bsz: int = _flag(12, "samples per device per micro-batch", type=int)
+    epoch_steps: int = _flag(1000, "micro-batches per device per epoch", type=int)
+    epoch_count: int = _flag(500, "epochs to train", type=int)
+    epoch_begin: int = _flag(0, "number of the first epoch (file names, data position)", type=int)
+    epoch_save: int = _flag(5, "save the adapter (or model) every N epochs; 0: only at the end", type=int)
+    save_every_steps: int = _flag(100, "write the resumable checkpoint every N optimizer steps (and at every "
+                                       "epoch end); 0: epoch ends only", type=int)
+    accumulate_grad_batches: int = _flag(1, "micro-batches per optimizer step", type=int)
+    # optimizer
+    optim: str = _flag("adamw", "adamw | adam (no weight decay)")
+    lr_init: float = _flag(6e-4, "learning rate after warmup", type=float)
+    lr_final: float = _flag(1e-5, "learning rate at the last step (equal to lr_init: constant)", type=float)
+    lr_schedule: str = _flag("exp", "decay from lr_init to lr_final: exp (RWKV's default) | cos")
+    warmup_steps: int = _flag(-1, "warmup optimizer steps (lr x (0.2 + 0.8 step/warmup)); <= 0: none", type=int)
+    beta1: float = _flag(0.9, "Adam beta1", type=float)
+    beta2: float = _flag(0.99, "Adam beta2", type=float)
+    adam_eps: float = _flag(1e-8, "Adam epsilon", type=float)
+    weight_decay: float = _flag(0.0, "weight decay of >= 2-D trainable tensors", type=float)
+    layerwise_lr: int = _flag(1, "1: time_decay trains at 2x lr as in RWKV; 0: one lr for all", type=int)
+    gradient_clip_val: float = _flag(1.0, "clip the gradient norm (0: off)", type=float)
+    # peft
+    peft: str = _flag("none", "none (full fine-tune) | bone | lora | pissa")
+    train_parts: str = _flag("", "comma-separated parameter-name fragments to train besides the adapter, e.g. "
+                                 "time,ln (default: none)")
+    peft_targets: Optional[str] = _flag(None, "adapted modules: att, ffn, att,ffn (default) or name suffixes")
+    bone_b: int = _flag(64, "Bone block size b (must divide every adapted dimension)", type=int)
+    bone_grouping: str = _flag("row", "Bone grouping: row (RWKV-PEFT's) | col")
+    bone_form: str = _flag("affine", "Bone form: affine | unconstrained | hadamard")
+    bone_impl: str = _flag("auto", "Bone implementation: auto | factored | materialize")
+    bone_config: Optional[str] = _flag(None, "Bone settings as JSON, e.g. '{\"b\": 64}' (RWKV-PEFT's bone_r also)")
+    lora_r: int = _flag(32, "LoRA / PiSSA rank", type=int)
+    lora_alpha: Optional[float] = _flag(None, "LoRA / PiSSA alpha (default: 32 for LoRA, r for PiSSA)", type=float)
+    lora_dropout: float = _flag(0.0, "LoRA dropout", type=float)
+    lora_config: Optional[str] = _flag(None, "LoRA settings as JSON (r, alpha, dropout or lora_r, ...)")
+    svd_niter: int = _flag(4, "PiSSA: svd_lowrank iterations", type=int)
+    pissa_config: Optional[str] = _flag(None, "PiSSA settings as JSON (r, alpha, svd_niter or pissa_r, ...)")
+    # engine
+    strategy: str = _flag("deepspeed_stage_2", "deepspeed_stage_{1,2,3}[_offload], ddp, auto (single device)")
+    accelerator: str = _flag("auto", "auto | cpu | gpu")
+    devices: int = _flag(1, "processes (GPUs or CPU workers) per node", type=int)
+    num_nodes: int = _flag(1, "nodes", type=int)
+    precision: Optional[str] = _flag(None, "bf16 | fp16 | fp32 (also 32) | tf32; default bf16 on GPU, fp32 on CPU")
+    grad_cp: str = _flag("none", "gradient checkpointing: none|0, layer|1 (whole blocks), bone (Bone weights)")
+    ds_bucket_mb: int = _flag(200, "DeepSpeed allgather/reduce bucket size in MB", type=int)
+    num_threads: Optional[int] = _flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    dump_rank_state: bool = _flag(False, "", action="store_true", hidden=True)  # tests: each rank saves its tensors
+
+    def __post_init__(self):
+        self._coerce_types()
+        for name in ("load_model", "data_file", "peft_targets", "bone_config", "lora_config", "pissa_config"):
+            if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
+                setattr(self, name, None)  # an empty value (e.g. from a YAML template) means "not given"
+        self._validate()
+
+    def _coerce_types(self):
+        # YAML gives strings for values like 6e-4 and lists for pairs: convert as the flag's type would.
+        for item in fields(self):
+            value, kind = getattr(self, item.name), item.metadata.get("type")
+            if value is None or item.name == "config":
+                continue
+            try:
+                if item.metadata.get("action") == "store_true":
+                    value = _bool(value)
+                elif kind is not None and not isinstance(value, bool if kind is _bool else kind):
+                    value = kind(value)
+                elif kind is float and isinstance(value, int):
+                    value = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"--{item.name}: {value!r} is not a valid {getattr(kind, '__name__', 'value')}") \
+                    from None
+            if item.metadata.get("nargs") == 2:
+                value = tuple(value) if isinstance(value, (list, tuple)) else tuple(str(value).split())
+                if len(value) != 2:
+                    raise ValueError(f"--{item.name} takes two names, got {value!r}")
+            setattr(self, item.name, value)
+
+    def _validate(self):
+        def choose(name, table):
+            value = getattr(self, name)
+            key = str(value).lower() if value is not None else value
+            if key not in table:
+                names = ", ".join(table if isinstance(table, tuple) else dict.fromkeys(table))
+                raise ValueError(f"unknown --{name} {value!r}; choose one of {names}")
+            return table[key] if isinstance(table, dict) else key
+
+        self.peft = choose("peft", PEFT_METHODS)
+        self.grad_cp = choose("grad_cp", GRAD_CP_CHOICES)
+        if self.precision is not None:
+            self.precision = choose("precision", PRECISION_CHOICES)
+        self.lr_schedule = choose("lr_schedule", LR_SCHEDULES)
+        self.accelerator = choose("accelerator", ACCELERATORS)
+        self.tokenizer = choose("tokenizer", TOKENIZERS)
+        self.optim = choose("optim", OPTIMIZERS)
+        self.wkv_op = choose("wkv_op", WKV_OPS)
+        self.data_type = choose("data_type", DATA_TYPES)
+        self.dataload = choose("dataload", DATALOADS)
+        self.strategy = choose("strategy", STRATEGY_NAMES)
+        if self.loss_mask is None:
+            self.loss_mask = "qa" if self.data_type == "sft" else "none"
+        self.loss_mask = choose("loss_mask", LOSS_MASKS)
+
+        positive = ("ctx_len", "micro_bsz", "epoch_steps", "epoch_count", "accumulate_grad_batches", "devices",
+                    "num_nodes", "head_size_a", "bone_b", "lora_r", "ds_bucket_mb")
+        for name in positive + ("n_layer", "n_embd", "vocab_size", "dim_ffn", "dim_maa_lora", "dim_decay_lora",
+                                "num_threads"):
+            value = getattr(self, name)
+            if (value is not None or name in positive) and value < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {value}")
+        for name in ("epoch_begin", "epoch_save", "save_every_steps", "svd_niter", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.epoch_steps % self.accumulate_grad_batches:
+            raise ValueError(
+                f"--epoch_steps {self.epoch_steps} is not a multiple of --accumulate_grad_batches "
+                f"{self.accumulate_grad_batches}: every optimizer step must sum the same number of micro-batches; "
+                f"choose epoch_steps as a multiple of it"
+            )
+        if self.lr_init <= 0 or self.lr_final < 0:
+            raise ValueError(f"--lr_init must be > 0 and --lr_final >= 0, got {self.lr_init} and {self.lr_final}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1) or self.adam_eps <= 0 or self.weight_decay < 0:
+            raise ValueError("--beta1/--beta2 must lie in [0, 1), --adam_eps > 0 and --weight_decay >= 0")
+        if self.gradient_clip_val < 0:
+            raise ValueError(f"--gradient_clip_val must be >= 0, got {self.gradient_clip_val}")
+        if self.optim == "adam" and self.weight_decay > 0:
+            raise ValueError("--optim adam has no decoupled weight decay; use --optim adamw with --weight_decay, or "
+                             "drop --weight_decay")
+        if self.fresh and self.resume:
+            raise ValueError("--resume and --fresh contradict each other: pick one")
+        if self.grad_cp == "bone" and self.peft != "bone":
+            raise ValueError(f"--grad_cp bone recomputes Bone's weights, but --peft is {self.peft!r}; use "
+                             f"--grad_cp layer")
+
+    # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def uses_deepspeed(self) -> bool:
+        return is_deepspeed(self.strategy)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch."""
+        return self.epoch_steps // self.accumulate_grad_batches
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole run (epoch_begin .. epoch_begin + epoch_count - 1)."""
+        return self.epoch_count * self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_json_flag(name: str, text: Optional[str]) -> dict:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--{name} is not valid JSON ({error.msg} at position {error.pos}): {text!r}; write it like "
+                         f"'{{\"b\": 64}}' with double quotes") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name} must be a JSON object such as '{{\"b\": 64}}', got {text!r}")
+    return value
+
+
+# RWKV-PEFT's JSON keys -> ours; its *_load / pissa_init keys name files it never reads (see the notes).
+_JSON_ALIASES = {
+    "bone": {"bone_r": "b", "r": "b"},
+    "lora": {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"},
+    "pissa": {"pissa_r": "r", "pissa_alpha": "alpha"},
+}
+_JSON_IGNORED_IF_EMPTY = ("bone_load", "lora_load", "pissa_load", "pissa_init")
+
+
+def _normalise_json(method: str, data: dict) -> dict:
+    out = {}
+    for key, value in data.items():
+        if key in _JSON_IGNORED_IF_EMPTY:
+            if value:
+                raise ValueError(f"--{method}_config key {key!r} is not supported: to continue a run use --resume "
+                                 f"with the same --proj_dir; to start from a saved adapter merge it first "
+                                 f"(python -m src.merge) and pass the merged model as --load_model")
+            continue
+        if key == "parts":
+            raise ValueError(f"--{method}_config key 'parts' is spelled --peft_targets here (e.g. att,ffn)")
+        out[_JSON_ALIASES[method].get(key, key)] = value
+    return out
+
+
+def build_peft_config(cfg: TrainConfig):
+    """The BoneConfig / LoraConfig / PissaConfig of the run (None for --peft none); JSON flags override flags."""
+    from src.peft import BoneConfig, LoraConfig, PissaConfig
+
+    bone_json = _parse_json_flag("bone_config", cfg.bone_config)
+    lora_json = _parse_json_flag("lora_config", cfg.lora_config)
+    pissa_json = _parse_json_flag("pissa_config", cfg.pissa_config)
+    if cfg.peft == "none":
+        return None
+    if cfg.peft == "bone":
+        values = dict(b=cfg.bone_b, grouping=cfg.bone_grouping, form=cfg.bone_form, impl=cfg.bone_impl,
+                      checkpoint=cfg.grad_cp == "bone")
+        values.update(_normalise_json("bone", bone_json))
+        factored = (values.get("grouping") == "row" and values.get("form") == "affine"
+                    and values.get("impl") in ("auto", "factored"))
+        if values.get("checkpoint") and factored:
+            raise ValueError("--grad_cp bone recomputes materialised Bone weights, but row/affine Bone runs factored "
+                             "and keeps nothing W-sized, so there is nothing to recompute; drop it (or use --grad_cp "
+                             "layer), or add --bone_impl materialize to run and checkpoint the materialised form")
+        return _make(BoneConfig, values, "bone")
+    if cfg.peft == "lora":
+        values = dict(r=cfg.lora_r, alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 32.0,
+                      dropout=cfg.lora_dropout)
+        values.update(_normalise_json("lora", lora_json))
+        return _make(LoraConfig, values, "lora")
+    values = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, svd_niter=cfg.svd_niter)
+    values.update(_normalise_json("pissa", pissa_json))
+    return _make(PissaConfig, values, "pissa")
+
+
+def _make(config_class, values: dict, method: str):
+    known = {f.name for f in fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--{method}_config has unknown keys {unknown}; {config_class.__name__} takes "
+                         f"{sorted(known)}")
+    return config_class(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser: one flag per TrainConfig field; flags not given are left out of the namespace."""
+    parser = argparse.ArgumentParser(
+        prog="train.py",
+        description="Fine-tune RWKV6 with Bone / LoRA / PiSSA adapters (or fully) on Lightning + DeepSpeed.",
+        argument_default=argparse.SUPPRESS,
+    )
+    for item in fields(TrainConfig):
+        meta = item.metadata
+        names = (f"--{item.name}",) + tuple(meta.get("flags", ()))
+        help_text = argparse.SUPPRESS if meta.get("hidden") else \
+            f"{meta['help']} (default: {_default_text(item)})"
+        if meta.get("action") == "store_true":
+            parser.add_argument(*names, dest=item.name, action="store_true", help=help_text)
+        else:
+            parser.add_argument(*names, dest=item.name, nargs=meta.get("nargs"), help=help_text,
+                                metavar=item.name.upper() if meta.get("nargs") is None else None)
+    return parser
+
+
+def _default_text(item) -> str:
+    default = item.default if item.default is not MISSING else None
+    if isinstance(default, tuple):
+        return " ".join(default)
+    return "none" if default in (None, "") else str(default)
+
+
+def load_yaml_config(path: str) -> dict:
+    """Flag values from a YAML mapping (keys are flag names, with or without leading dashes)."""
+    import yaml
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--config file not found: {path}")
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except yaml.YAMLError as error:
+        raise ValueError(f"--config {path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must be a mapping of flag names to values, got a {type(data).__name__}")
+    known = {f.name for f in fields(TrainConfig)} - {"config"}
+    values = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-").replace("-", "_")
+        if name == "random_seed":
+            name = "seed"
+        if name not in known:
+            raise ValueError(f"--config {path}: unknown key {key!r} (keys are train.py flag names, e.g. ctx_len)")
+        values[name] = value
+    return values
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """TrainConfig from command-line arguments (sys.argv[1:] by default) over an optional --config YAML."""
+    given = vars(build_parser().parse_args(argv))
+    values = load_yaml_config(given["config"]) if given.get("config") else {}
+    values.update(given)
+    return TrainConfig(**values)

@@ -1,0 +1,193 @@
+"""The LightningModule that trains an RWKV6 model: masked cross-entropy with RWKV's L2Wrap, optimizer groups, lr.
+
+Loss of a micro-batch (per rank): sum_t CE_t * mask_t / max(sum_t mask_t, 1), CE in float32, then L2Wrap, which
+leaves the value unchanged and adds RWKV's logit penalty to the gradient (see `L2Wrap`).
+"""
+import dataclasses
+from typing import Optional
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from src.train.schedule import LRSchedule
+
+L2WRAP_FACTOR = 1e-4
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank when a loss is NaN or infinite; names where it happened."""
+
+
+class L2Wrap(torch.autograd.Function):
+    """Returns `loss` unchanged; in backward also sends 1e-4/(B*T) * max_logit to each position's largest logit.
+
+    That is the gradient of the penalty 1e-4 * mean over positions of max_logit**2 / 2, which keeps logits from
+    drifting upward (RWKV-LM's L2Wrap). The penalty gradient is scaled by the incoming gradient, so loss scaling
+    (gradient accumulation, fp16) scales it with the loss.
+    """
+
+    @staticmethod
+    def forward(ctx, loss, logits):
+        ctx.save_for_backward(logits)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (logits,) = ctx.saved_tensors
+        positions = logits.shape[0] * logits.shape[1]
+        largest, index = logits.max(dim=-1, keepdim=True)
+        penalty = torch.zeros_like(logits).scatter_(-1, index, largest * (L2WRAP_FACTOR / positions))
+        return grad_output, penalty * grad_output.to(logits.dtype)
+
+
+def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """sum(CE * mask) / max(sum(mask), 1) over a batch: logits [B, T, V], targets [B, T], mask [B, T].
+
+    Computed in fp32 (fp64 for fp64 logits) whatever the logits' precision."""
+    vocab = logits.shape[-1]
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logits: CE in fp32
+    token_loss = F.cross_entropy(wide.reshape(-1, vocab), targets.reshape(-1), reduction="none")
+    mask = mask.reshape(-1).to(token_loss.dtype)
+    return (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def lr_scale_of(name: str, layerwise_lr: bool) -> float:
+    """RWKV's layerwise lr: time_decay (not its _w1/_w2 mini-LoRA) trains at 2x, everything else at 1x."""
+    if layerwise_lr and "time_decay" in name and not name.endswith(("_w1", "_w2")):
+        return 2.0
+    return 1.0
+
+
+def optimizer_groups(named_parameters, weight_decay: float, layerwise_lr: bool) -> list:
+    """Trainable parameters grouped by (lr scale, weight decay), as RWKV groups them: weight decay applies to
+    tensors with 2 or more non-unit dims (weights, Bone blocks, LoRA factors) but never to the time_* mixing and
+    decay parameters; time_decay trains at 2x lr with layerwise_lr."""
+    groups = {}
+    for name, param in named_parameters:
+        if not param.requires_grad:
+            continue
+        scale = lr_scale_of(name, layerwise_lr)
+        decays = weight_decay > 0 and param.squeeze().dim() >= 2 and "time_" not in name
+        decay = weight_decay if decays else 0.0
+        group = groups.setdefault((scale, decay), {"params": [], "my_lr_scale": scale, "weight_decay": decay})
+        group["params"].append(param)
+    if not groups:
+        raise ValueError("nothing to train: no parameter requires a gradient (check --peft and --train_parts)")
+    return list(groups.values())
+
+
+@dataclasses.dataclass
+class OptimizerSpec:
+    name: str  # "adamw" or "adam"
+    lr: float
+    betas: tuple
+    eps: float
+    weight_decay: float
+    layerwise_lr: bool
+    use_fused_adam: bool = False  # DeepSpeed FusedAdam (DeepSpeed on GPU)
+    use_cpu_adam: bool = False  # DeepSpeedCPUAdam (ZeRO-Offload on GPU)
+
+
+def build_optimizer(named_parameters, spec: OptimizerSpec):
+    """AdamW/Adam over the trainable parameters: torch's on CPU, DeepSpeed's FusedAdam/CPUAdam on GPU."""
+    groups = optimizer_groups(named_parameters, spec.weight_decay, spec.layerwise_lr)
+    adamw = spec.name == "adamw"
+    common = dict(lr=spec.lr, betas=spec.betas, eps=spec.eps)
+    if spec.use_cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        return DeepSpeedCPUAdam(groups, adamw_mode=adamw, bias_correction=True, **common)
+    if spec.use_fused_adam:
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(groups, adam_w_mode=adamw, bias_correction=True, **common)
+    return (torch.optim.AdamW if adamw else torch.optim.Adam)(groups, **common)
+
+
+class RWKVTrainModule(pl.LightningModule):
+    """Wraps an RWKV6 (adapted or not) for Lightning.
+
+    step_offset / start_epoch / start_batch place a resumed run: optimizer steps already taken, the absolute
+    epoch the first Lightning epoch stands for, and how many of its micro-batches were already trained.
+    """
+
+    def __init__(self, model: nn.Module, dataset, schedule: LRSchedule, optimizer_spec: OptimizerSpec,
+                 micro_bsz: int, start_epoch: int, step_offset: int = 0, start_batch: int = 0,
+                 num_workers: int = 0):
+        super().__init__()
+        self.model = model
+        self.dataset = dataset
+        self.schedule = schedule
+        self.optimizer_spec = optimizer_spec
+        self.micro_bsz = micro_bsz
+        self.start_epoch = start_epoch
+        self.step_offset = step_offset
+        self.start_batch = start_batch
+        self.num_workers = num_workers
+        self.current_lr = schedule.lr_at(step_offset)
+        self.step_losses = []  # this optimizer step's micro-batch losses (detached)
+
+    # ---- position ---------------------------------------------------------------------------------------------
+    @property
+    def optimizer_step_count(self) -> int:
+        """Optimizer steps taken since the start of the whole run (resumes included)."""
+        return self.step_offset + self.trainer.global_step
+
+    @property
+    def absolute_epoch(self) -> int:
+        return self.start_epoch + self.trainer.current_epoch
+
+    def batches_before(self, batch_idx: int) -> int:
+        """Micro-batches of the current epoch trained before batch `batch_idx` of this Lightning epoch."""
+        return batch_idx + (self.start_batch if self.trainer.current_epoch == 0 else 0)
+
+    # ---- data ---------------------------------------------------------------------------------------------------
+    def train_dataloader(self):
+        # Called at every epoch start (reload_dataloaders_every_n_epochs=1): the dataset draws per epoch and
+        # per rank, and a resumed epoch starts after the samples already trained.
+        data_cfg = dataclasses.replace(self.dataset.cfg, world_size=self.trainer.world_size,
+                                       rank=self.trainer.global_rank)
+        self.dataset.cfg = data_cfg
+        skip = self.start_batch * self.micro_bsz if self.trainer.current_epoch == 0 else 0
+        self.dataset.set_epoch(self.absolute_epoch, skip_samples=skip)
+        return torch.utils.data.DataLoader(self.dataset, batch_size=self.micro_bsz, shuffle=False,
+                                           num_workers=self.num_workers, drop_last=True,
+                                           pin_memory=self.num_workers > 0)
+
+    # ---- training -----------------------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx):
+        self.current_lr = self.schedule.apply(self.trainer.optimizers[0], self.optimizer_step_count)
+
+    def training_step(self, batch, batch_idx):
+        logits = self.model(batch["input_ids"])
+        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        self.check_finite(loss, batch_idx)
+        self.step_losses.append(loss.detach().float())
+        return L2Wrap.apply(loss, logits)
+
+    def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Stop every rank together (no rank left waiting in a collective) when any rank's loss is not finite."""
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).item() else 1.0, device=loss.device)
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if bad.item() > 0:
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at optimizer step {self.optimizer_step_count + 1} (epoch "
+                f"{self.absolute_epoch}, micro-batch {self.batches_before(batch_idx)} of the epoch); training "
+                f"stopped before this step was applied"
+            )
+
+    def pop_step_loss(self) -> Optional[float]:
+        """Mean loss of the micro-batches since the last call, averaged over ranks (None if there were none)."""
+        if not self.step_losses:
+            return None
+        loss = torch.stack(self.step_losses).mean()
+        self.step_losses = []
+        if self.trainer.world_size > 1:
+            loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
+        return float(loss)
+
+    def configure_optimizers(self):
+        return build_optimizer(self.model.named_parameters(), self.optimizer_spec)

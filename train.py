@@ -1,0 +1,18 @@
+#!/usr/bin/env python
+"""Fine-tune RWKV6 with Bone, LoRA or PiSSA adapters (or every weight) on Lightning + DeepSpeed.
+
+    python train.py --peft bone --bone_b 64 --load_model BASE.pth --data_file DATA --proj_dir OUT
+    python train.py --help
+
+See src/train/run.py for what a run does and src/train/args.py for the flags.
+"""
+import os
+import sys
+
+# Lightning's multi-process launcher re-runs this file by path, possibly from another folder.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from src.train.run import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
