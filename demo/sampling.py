@@ -89,7 +89,7 @@ class Sampler:
         adjusted = logits.detach().to(device="cpu", dtype=torch.float64).clone()
         if self.step < cfg.ban_eod_steps:
             adjusted[cfg.eod_id] = float("-inf")
-        penalty = cfg.presence_penalty * self.present + cfg.frequency_penalty * self.counts
+        penalty = cfg.presence_penalty * self.present.to(torch.float64) + cfg.frequency_penalty * self.counts
         return adjusted - penalty * self.penalised
 
     def sample(self, logits: torch.Tensor) -> int:

@@ -17,6 +17,7 @@ Implementations (`op`):
 - "cuda": our CUDA kernel (src/ops/wkv6_cuda.py, cuda/), CUDA tensors in bf16 or fp32, T up to a compiled maximum.
 - "sequential": a plain loop over time (src/ops/wkv6_sequential.py), the reference for tests.
 """
+import sys
 from typing import Optional, Tuple
 
 import torch
@@ -103,7 +104,7 @@ def resolve_wkv_op(name: str, device) -> str:
     """Turn an op request into the op to run on `device`: "auto" -> "cuda" where it can run, else "torch".
 
     "cuda" can run when `device` is a CUDA device, torch has CUDA, and the extension builds (nvcc and ninja
-    present; the build is cached, so this is fast after the first time). "auto" prints which op it picked.
+    present; the build is cached, so this is fast after the first time). "auto" says on stderr which op it picked.
     "cuda" asked for where it cannot run raises RuntimeError saying why. "torch" and "sequential" pass through.
     """
     device = torch.device(device)
@@ -125,5 +126,5 @@ def resolve_wkv_op(name: str, device) -> str:
         return "cuda"
     picked = "cuda" if reason is None else "torch"
     message = f"WKV6 op 'auto' on {device}: using '{picked}'" + ("" if reason is None else f" ({reason})")
-    print(message, flush=True)
+    print(message, file=sys.stderr, flush=True)
     return picked
