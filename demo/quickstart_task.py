@@ -1,17 +1,20 @@
 """The offline quickstart's task: small arithmetic word problems whose answers can be checked exactly.
 
 Three files come out of one seed, always the same for the same seed:
-- pretrain.jsonl  {"text"}: stories and arithmetic facts in narrative form ("Tom had 7 apples and got 5 more,
-  so Tom had 12 apples.", "7 + 5 = 12."). A base model trained on it knows the words and the sums, but has
-  never seen a question or the "User: ... Assistant: ..." format.
+- pretrain.jsonl  {"text"}: stories, arithmetic facts and worked questions in running prose ("Tom had 7 apples
+  and got 5 more, so Tom had 12 apples.", "7 + 5 = 12.", "Tom has 7 apples and gets 5 more. How many apples does
+  Tom have now? Tom has 7 + 5 = 12 apples now."), as web text holds. A base model trained on it knows the words,
+  the sums and how such questions are worked, but has never seen the "User: ... Assistant: ..." chat format nor
+  the closing "The answer is N." that the evaluation reads.
 - train.jsonl     {"query", "response"}: the same kind of stories asked as questions, answered in
   MetaMathQA's style ("Tom has 7 + 5 = 12 apples. The answer is 12."): the fine-tuning data.
 - test.jsonl      {"question", "answer"}: held-out questions in GSM8K's format ("... #### 12"), scored by
   `python -m src.eval.math --format gsm8k`.
 
-Held out means: the test questions use number pairs (operation, a, b) that no training question uses. Those
-sums do occur in the pretraining text, so a fine-tuned model answers them by combining the base's arithmetic
-with the question format it learned, not by recalling a training answer.
+Held out means: the test questions use number pairs (operation, a, b) that no training question and no worked
+question of the pretraining text uses. Those sums do occur in the pretraining text as facts and stories, so a
+fine-tuned model answers them by combining the base's arithmetic with the question format it learned, not by
+recalling an answer it saw.
 
     python demo/quickstart_task.py --out_dir out/quickstart/data --seed 0
 """
@@ -62,8 +65,8 @@ def make_question(rng, op, a, b):
     return {"question": question, "working": working, "answer": answer}
 
 
-def make_story(rng, op, a, b):
-    """One narrative sentence or arithmetic fact about (op, a, b), in the pretraining surface forms."""
+def make_story(rng, op, a, b, worked_question=True):
+    """One narrative sentence, arithmetic fact or (when worked_question) worked question about (op, a, b)."""
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
     _, past = rng.choice(ADD_VERBS if op == "+" else SUB_VERBS)
     more = " more" if op == "+" else ""
@@ -76,6 +79,9 @@ def make_story(rng, op, a, b):
         f"{a} {word} {b} is {c}.",
         f"{name} had {a} {op} {b} = {c} {obj}.",
     ]
+    if worked_question and rng.random() < 0.25:
+        worked = make_question(rng, op, a, b)
+        return f"{worked['question']} {worked['working']}"
     return rng.choice(forms)
 
 
@@ -91,11 +97,15 @@ def generate_task(seed=0, n_train=2000, n_test=200, n_pretrain=20000, test_pair_
     rng.shuffle(pairs)
     n_held = max(1, int(len(pairs) * test_pair_fraction))
     test_pairs, train_pairs = pairs[:n_held], pairs[n_held:]
+    held_out = set(test_pairs)
 
     # Each pretraining document packs a few stories, so every context window sees several sums.
     pretrain = []
     for _ in range(n_pretrain):
-        sentences = [make_story(rng, *rng.choice(pairs)) for _ in range(rng.randint(2, 4))]
+        sentences = []
+        for _ in range(rng.randint(2, 4)):
+            pair = rng.choice(pairs)
+            sentences.append(make_story(rng, *pair, worked_question=pair not in held_out))
         pretrain.append({"text": " ".join(sentences)})
 
     train = []

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MATH accuracy of a fine-tuned RWKV6 (greedy decoding, MetaMath's answer extraction).
 # Edit the variables below, or set them in the environment; extra arguments go to src.eval.math unchanged.
+#   DRY_RUN=1 bash scripts/eval_math.sh   # print the command only
 #   bash scripts/eval_math.sh
 #   MODEL= BASE=models/RWKV-x060-World-1B6-v2.1-20240328-ctx4096.pth ADAPTER=out/bone-b64-metamath/adapter-final.pth \
 #     bash scripts/eval_math.sh
@@ -33,7 +34,8 @@ fi
 EXTRA=()
 if [[ -n "$LIMIT" ]]; then EXTRA+=(--limit "$LIMIT"); fi
 
-set -x
-"$PYTHON" -m src.eval.math "${SOURCE[@]}" --data "$DATA" --format math --template "$TEMPLATE" \
-  --tokenizer "$TOKENIZER" --batch_size "$BATCH_SIZE" --max_new_tokens "$MAX_NEW_TOKENS" --wkv_op "$WKV_OP" \
-  --out "$OUT" "${EXTRA[@]}" "$@"
+CMD=("$PYTHON" -m src.eval.math "${SOURCE[@]}" --data "$DATA" --format math --template "$TEMPLATE"
+  --tokenizer "$TOKENIZER" --batch_size "$BATCH_SIZE" --max_new_tokens "$MAX_NEW_TOKENS" --wkv_op "$WKV_OP"
+  --out "$OUT" "${EXTRA[@]}" "$@")
+if [[ "${DRY_RUN:-0}" == 1 ]]; then echo "${CMD[*]}"; exit 0; fi
+"${CMD[@]}"

@@ -5,6 +5,7 @@
 #   bash scripts/quickstart.sh
 #   QUICKSTART_SIZE=ci bash scripts/quickstart.sh
 #   DRY_RUN=1 bash scripts/quickstart.sh         # make the task, dry-run the three trainings, stop
+#   FRESH=1 bash scripts/quickstart.sh           # redo every stage (otherwise finished stages are reused)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,9 +13,14 @@ QUICKSTART_SIZE=${QUICKSTART_SIZE:-full}    # full | ci
 OUT_DIR=${OUT_DIR:-out/quickstart}
 SEED=${SEED:-0}
 THREADS=${THREADS:-2}             # CPU threads for every stage
-PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python)}
+
+if [[ -z "${PYTHON:-}" ]]; then
+  bash scripts/setup_venv.sh   # a fresh clone gets its .venv first (about 2 minutes, once)
+  PYTHON=.venv/bin/python
+fi
 
 EXTRA=()
 if [[ "${DRY_RUN:-0}" == 1 ]]; then EXTRA+=(--dry_run); fi
+if [[ "${FRESH:-0}" == 1 ]]; then EXTRA+=(--fresh); fi
 "$PYTHON" demo/quickstart.py --size "$QUICKSTART_SIZE" --out_dir "$OUT_DIR" --seed "$SEED" \
   --threads "$THREADS" "${EXTRA[@]}" "$@"

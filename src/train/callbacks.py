@@ -17,7 +17,6 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,56 +26,14 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
+from src.checkpoint.files import copy_atomic, write_text_atomic
+from src.train.plots import plot_loss, read_metrics
+
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
 METRICS_FILE = "metrics.csv"
 LOSS_PLOT = "loss.png"
 METRIC_COLUMNS = ("step", "epoch", "batch", "loss", "lr", "tokens", "kt_s", "peak_mem_gb", "elapsed_s")
-
-
-# ---- small file helpers ---------------------------------------------------------------------------------------
-def _readable_by_all(path) -> None:
-    """Give a temporary file (mkstemp makes them 0600) the permissions a normal new file would get."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def write_text_atomic(text: str, path) -> Path:
-    """Write text to a temporary file beside `path`, fsync it, and rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _readable_by_all(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def copy_atomic(source, destination) -> Path:
-    """Copy a file to a temporary name beside `destination`, fsync it, and rename it into place."""
-    destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 24)
-            out.flush()
-            os.fsync(out.fileno())
-        _readable_by_all(tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return destination
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -278,51 +235,6 @@ class CheckpointAndSave(Callback):
 
 
 # ---- progress and metrics ---------------------------------------------------------------------------------------
-def read_metrics(path) -> list:
-    """Rows of a metrics.csv as dicts of floats (step/epoch/batch/tokens as ints)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: (int(float(v)) if k in ("step", "epoch", "batch", "tokens") else float(v))
-                         for k, v in row.items()})
-    return rows
-
-
-def plot_loss(rows: list, path) -> Optional[Path]:
-    """Draw loss against optimizer step (raw and a running mean) to a PNG, atomically; None without rows."""
-    if not rows:
-        return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    steps = [r["step"] for r in rows]
-    losses = [r["loss"] for r in rows]
-    window = max(1, len(losses) // 20)
-    smooth = [sum(losses[max(0, i - window + 1):i + 1]) / len(losses[max(0, i - window + 1):i + 1])
-              for i in range(len(losses))]
-    figure = Figure(figsize=(7, 4), dpi=100)
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot(1, 1, 1)
-    axes.plot(steps, losses, color="tab:blue", alpha=0.35 if window > 1 else 1.0, linewidth=1, label="loss")
-    if window > 1:
-        axes.plot(steps, smooth, color="tab:blue", linewidth=2, label=f"running mean ({window} steps)")
-    axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    figure.savefig(tmp, format="png")
-    _readable_by_all(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 class ProgressTracker(Callback):
     """Per optimizer step: loss (mean over micro-batches and ranks), lr, kt/s, peak memory -> metrics.csv,
     TensorBoard, the progress bar, and (when stderr is not a terminal) a log line every print_every steps."""

@@ -1,0 +1,82 @@
+"""metrics.csv in, loss-curve PNGs out (matplotlib's Agg canvas: no display needed)."""
+import csv
+from pathlib import Path
+from typing import Optional
+
+from src.checkpoint.files import save_figure_atomic
+
+COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
+
+
+def read_metrics(path) -> list:
+    """Rows of a metrics.csv as dicts of floats (step/epoch/batch/tokens as ints); [] when there is no file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            rows.append({k: (int(float(v)) if k in ("step", "epoch", "batch", "tokens") else float(v))
+                         for k, v in row.items()})
+    return rows
+
+
+def running_mean(values: list, window: int) -> list:
+    """Mean of the last `window` values at each position (fewer at the start)."""
+    out, total = [], 0.0
+    for i, value in enumerate(values):
+        total += value
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def _draw(axes, series: dict, max_step: Optional[int] = None):
+    for color, (label, rows) in zip(COLORS * 4, series.items()):
+        rows = [r for r in rows if max_step is None or r["step"] <= max_step]
+        if not rows:
+            continue
+        steps = [r["step"] for r in rows]
+        losses = [r["loss"] for r in rows]
+        window = max(1, len(losses) // 20)
+        if window > 1:
+            axes.plot(steps, losses, color=color, alpha=0.25, linewidth=1)
+            axes.plot(steps, running_mean(losses, window), color=color, linewidth=2,
+                      label=f"{label} (mean of {window})")
+        else:
+            axes.plot(steps, losses, color=color, linewidth=1.5, label=label)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("training loss")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+
+
+def plot_loss_curves(panels: list, path, zoom_steps: Optional[int] = None) -> Optional[Path]:
+    """One PNG with a panel per (title, {label: metrics rows}); with zoom_steps, each panel gets a twin showing
+    only the first zoom_steps steps (where adapters differ most, as in the Bone paper's Figure 1).
+    None when no panel has rows."""
+    panels = [(title, series) for title, series in panels if any(series.values())]
+    if not panels:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    columns = 2 if zoom_steps else 1
+    figure = Figure(figsize=(7 * columns, 4 * len(panels)), dpi=100)
+    FigureCanvasAgg(figure)
+    for row, (title, series) in enumerate(panels):
+        axes = figure.add_subplot(len(panels), columns, row * columns + 1)
+        _draw(axes, series)
+        axes.set_title(title, fontsize=10)
+        if zoom_steps:
+            zoomed = figure.add_subplot(len(panels), columns, row * columns + 2)
+            _draw(zoomed, series, max_step=zoom_steps)
+            zoomed.set_title(f"{title}: first {zoom_steps} steps", fontsize=10)
+    figure.tight_layout()
+    return save_figure_atomic(figure, path)
+
+
+def plot_loss(rows: list, path) -> Optional[Path]:
+    """A run's own loss curve (raw and running mean) against optimizer step; None without rows."""
+    return plot_loss_curves([("training loss", {"loss": rows})], path)
