@@ -21,6 +21,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from src.checkpoint import files
+
 MIB = 1024 * 1024
 
 
@@ -171,16 +173,8 @@ def _kill_quietly(pid: int) -> None:
 
 
 def write_text_atomic(path, text: str) -> Path:
-    """Write text to a temporary file beside path, then rename it over path (no half-written results)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write text to path atomically (no half-written results)."""
+    return files.write_text_atomic(text, path)
 
 
 def write_json(path, obj) -> Path:

@@ -55,14 +55,16 @@ def methods(b: int, b_sweep: list) -> dict:
     return table
 
 
-def init_seconds(base: Path, config) -> float:
-    """apply_peft's wall time for `config` on the base model (median of 3 fresh loads)."""
+def init_and_trainable(base: Path, config) -> tuple:
+    """(apply_peft's wall time for `config` on the base model, median of 3 fresh loads; trainable parameters).
+    The count comes from the adapted model, since an adapter file may also hold frozen tensors (PiSSA's
+    initial factors)."""
     times = []
     for _ in range(3):
         model = RWKV6.from_checkpoint(base, wkv_op="torch", dtype=torch.float32)
         apply_peft(model, config)
         times.append(model.peft_state.peft_init_seconds)
-    return statistics.median(times)
+    return statistics.median(times), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def main(argv=None) -> int:
@@ -86,14 +88,15 @@ def main(argv=None) -> int:
         metrics = read_metrics(Path(args.work_dir) / name / "metrics.csv")
         curves[name] = metrics
         tail = metrics[-max(1, len(metrics) // 10):]
+        seconds, trainable = init_and_trainable(base, config)
         rows.append({
             "method": name,
-            "trainable": sum(t.numel() for t in torch.load(adapter, map_location="cpu")["tensors"].values()),
+            "trainable": trainable,
             "final_loss": sum(r["loss"] for r in tail) / len(tail),
             "first_steps_loss": sum(r["loss"] for r in metrics[:20]) / len(metrics[:20]),
             "accuracy": score["accuracy"], "correct": score["correct"], "total": score["total"],
             "train_seconds": qs.seconds[name],
-            "init_seconds": init_seconds(base, config),
+            "init_seconds": seconds,
         })
         print(f"{name}: loss {rows[-1]['final_loss']:.4f}, accuracy {100 * score['accuracy']:.1f}%", flush=True)
     base_score = qs.evaluate("base", ["--model", base], data["test"])

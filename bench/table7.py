@@ -122,13 +122,30 @@ def make_adapter_config(spec):
 
 
 def make_train_step(model, batch):
-    """One training step, forward + masked CE + backward + optimizer step, through the training module.
+    """One training step as train.py takes it, built from the same pieces src/train's module uses: masked
+    cross-entropy with L2Wrap, backward, gradient clipping at 1.0 (train.py's default), the optimizer step
+    (torch AdamW over the trainable parameters, RWKV's parameter groups).
 
-    Returns (step_fn, description); step_fn() runs one step and returns the loss as a float tensor.
+    Returns (step_fn, description); step_fn() runs one step and returns the loss as a detached tensor.
     """
-    from src.train.module import build_bench_step  # noqa: F401  (filled in when src/train lands)
+    import torch
 
-    return build_bench_step(model, batch)
+    from src.train.module import L2Wrap, OptimizerSpec, build_optimizer, masked_cross_entropy
+
+    spec = OptimizerSpec(name="adamw", lr=1e-5, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.0, layerwise_lr=True)
+    optimizer = build_optimizer(model.named_parameters(), spec)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step_fn():
+        optimizer.zero_grad(set_to_none=True)
+        logits = model(batch["input_ids"])
+        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        L2Wrap.apply(loss, logits).backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        return loss.detach()
+
+    return step_fn, "forward + masked CE (L2Wrap) + backward + clip 1.0 + AdamW step (src/train/module.py)"
 
 
 def run_worker(args) -> dict:

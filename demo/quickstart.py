@@ -58,14 +58,14 @@ class QuickstartSize:
 
 SIZES = {
     "full": QuickstartSize(n_pretrain=40000, n_train=4000, n_test=300, n_layer=4, n_embd=128,
-                           base_ctx_len=128, base_micro_bsz=16, base_steps=1600, base_lr=4e-3,
+                           base_ctx_len=128, base_micro_bsz=16, base_steps=1400, base_lr=4e-3,
                            ft_ctx_len=128, ft_micro_bsz=16, ft_steps=300, ft_lr=1e-2, bone_b=32),
     "ci": QuickstartSize(n_pretrain=20000, n_train=2000, n_test=100, n_layer=3, n_embd=128,
                          base_ctx_len=128, base_micro_bsz=16, base_steps=500, base_lr=4e-3,
                          ft_ctx_len=128, ft_micro_bsz=16, ft_steps=150, ft_lr=1e-2, bone_b=32),
 }
-CHAT_PROMPTS = ("Sara has 12 shells and finds 7 more. How many shells does Sara have now?",
-                "Omar has 15 coins and loses 6. How many coins does Omar have now?")
+CHAT_PROMPTS = ("Sara has 12 shells. How many after finding 7 more?",
+                "Omar has 15 coins. How many after losing 6?")
 STEPS_PER_EPOCH = 50  # epochs only pace checkpoints and the log here
 
 

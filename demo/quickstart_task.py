@@ -2,12 +2,12 @@
 
 Three files come out of one seed, always the same for the same seed:
 - pretrain.jsonl  {"text"}: stories, arithmetic facts and worked questions in running prose ("Tom had 7 apples
-  and got 5 more, so Tom had 12 apples.", "7 + 5 = 12.", "Tom has 7 apples and gets 5 more. How many apples does
-  Tom have now? Tom has 7 + 5 = 12 apples now."), as web text holds. A base model trained on it knows the words,
-  the sums and how such questions are worked, but has never seen the "User: ... Assistant: ..." chat format nor
-  the closing "The answer is N." that the evaluation reads.
-- train.jsonl     {"query", "response"}: the same kind of stories asked as questions, answered in
-  MetaMathQA's style ("Tom has 7 + 5 = 12 apples. The answer is 12."): the fine-tuning data.
+  and got 5 more, so Tom had 12 apples.", "7 + 5 = 12.", "Tom has 7 apples. How many after getting 5 more?
+  7 + 5 = 12. The answer is 12."), as web text holds. A base model trained on it knows
+  the words, the sums and how such questions are worked, but has never seen the "User: ... Assistant: ..."
+  chat format, nor learned to stop after one answer.
+- train.jsonl     {"query", "response"}: the same kind of questions in the chat format, answered in MetaMathQA's
+  style ("7 + 5 = 12. The answer is 12."): the fine-tuning data.
 - test.jsonl      {"question", "answer"}: held-out questions in GSM8K's format ("... #### 12"), scored by
   `python -m src.eval.math --format gsm8k`.
 
@@ -31,9 +31,9 @@ OBJECTS = [
     "apples", "pencils", "stickers", "marbles", "books", "cookies", "coins", "shells", "cards", "eggs",
     "flowers", "stamps", "candies", "balls", "cups", "hats",
 ]
-# Each operation: how a question states it (present tense), how a story tells it (past tense).
-ADD_VERBS = [("gets", "got"), ("finds", "found"), ("buys", "bought")]
-SUB_VERBS = [("gives away", "gave away"), ("loses", "lost"), ("sells", "sold")]
+# Each operation: how a question asks it (gerund), how a story tells it (past tense).
+ADD_VERBS = [("getting", "got"), ("finding", "found"), ("buying", "bought")]
+SUB_VERBS = [("giving away", "gave away"), ("losing", "lost"), ("selling", "sold")]
 
 MIN_START, MAX_START = 2, 19  # the first number
 MIN_CHANGE, MAX_CHANGE = 1, 9  # the second number
@@ -57,12 +57,15 @@ def result_of(op, a, b):
 def make_question(rng, op, a, b):
     """One word problem as a dict with the question, the worked response and the numeric answer."""
     name, obj = rng.choice(NAMES), rng.choice(OBJECTS)
-    present, _ = rng.choice(ADD_VERBS if op == "+" else SUB_VERBS)
+    gerund, _ = rng.choice(ADD_VERBS if op == "+" else SUB_VERBS)
     more = " more" if op == "+" else ""
     answer = result_of(op, a, b)
-    question = f"{name} has {a} {obj} and {present} {b}{more}. How many {obj} does {name} have now?"
-    working = f"{name} has {a} {op} {b} = {answer} {obj} now."
-    return {"question": question, "working": working, "answer": answer}
+    # The changing number comes last, right before the answer restates both: a byte-level model this small
+    # carries a number across a few words reliably, across a whole sentence not.
+    question = f"{name} has {a} {obj}. How many after {gerund} {b}{more}?"
+    working = f"{a} {op} {b} = {answer}."
+    return {"question": question, "working": working, "answer": answer,
+            "response": f"{working} The answer is {answer}."}
 
 
 def make_story(rng, op, a, b, worked_question=True):
@@ -79,9 +82,9 @@ def make_story(rng, op, a, b, worked_question=True):
         f"{a} {word} {b} is {c}.",
         f"{name} had {a} {op} {b} = {c} {obj}.",
     ]
-    if worked_question and rng.random() < 0.25:
+    if worked_question and rng.random() < 0.5:
         worked = make_question(rng, op, a, b)
-        return f"{worked['question']} {worked['working']}"
+        return f"{worked['question']} {worked['response']}"
     return rng.choice(forms)
 
 
@@ -111,7 +114,7 @@ def generate_task(seed=0, n_train=2000, n_test=200, n_pretrain=20000, test_pair_
     train = []
     for _ in range(n_train):
         q = make_question(rng, *rng.choice(train_pairs))
-        train.append({"query": q["question"], "response": f"{q['working']} The answer is {q['answer']}."})
+        train.append({"query": q["question"], "response": q["response"]})
 
     test, seen = [], set()
     attempts = 0

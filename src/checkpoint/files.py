@@ -1,4 +1,8 @@
-"""Writing files so that a reader never sees half of one: a temporary file beside the target, then a rename."""
+"""Writing files so that a reader never sees half of one: a temporary file beside the target, then a rename.
+
+A crash at any moment leaves either the previous file or the new one, never a truncated file.
+"""
+import contextlib
 import os
 import shutil
 import tempfile
@@ -12,14 +16,16 @@ def readable_by_all(path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def write_text_atomic(text: str, path) -> Path:
-    """Write text to a temporary file beside `path`, fsync it, and rename it over `path`."""
+@contextlib.contextmanager
+def atomic_binary_file(path, suffix: str = ".tmp"):
+    """Yield a binary file object opened on a temporary file beside `path`; on leaving the block without an
+    error it is flushed to disk and renamed over `path`, otherwise removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         readable_by_all(tmp)
@@ -28,39 +34,24 @@ def write_text_atomic(text: str, path) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_text_atomic(text: str, path) -> Path:
+    """Write UTF-8 text to `path` atomically."""
+    with atomic_binary_file(path) as handle:
+        handle.write(text.encode("utf-8"))
+    return Path(path)
 
 
 def copy_atomic(source, destination) -> Path:
-    """Copy a file to a temporary name beside `destination`, fsync it, and rename it into place."""
-    destination = Path(destination)
-    fd, tmp = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out, 1 << 24)
-            out.flush()
-            os.fsync(out.fileno())
-        readable_by_all(tmp)
-        os.replace(tmp, destination)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return destination
+    """Copy a file to `destination` atomically."""
+    with atomic_binary_file(destination) as out, open(source, "rb") as src:
+        shutil.copyfileobj(src, out, 1 << 24)
+    return Path(destination)
 
 
 def save_figure_atomic(figure, path) -> Path:
-    """Save a matplotlib Figure as PNG to a temporary file beside `path` and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        readable_by_all(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Save a matplotlib Figure as PNG to `path` atomically."""
+    with atomic_binary_file(path, suffix=".png") as handle:
+        figure.savefig(handle, format="png")
+    return Path(path)

@@ -5,13 +5,12 @@ generation of a file is told by its keys, so a checkpoint of another generation 
 instead of being half-loaded.
 """
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from src.checkpoint.files import atomic_binary_file
 from src.model.rwkv6 import RWKV6Config
 
 RWKV_HOWTO = (
@@ -20,24 +19,10 @@ RWKV_HOWTO = (
 
 
 def save_atomic(obj, path) -> Path:
-    """torch.save to a temporary file beside `path`, flush it to disk, then rename it over `path`.
-
-    A crash at any moment leaves either the previous file or the new one, never a truncated file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """torch.save to `path` atomically (src/checkpoint/files.py): never a truncated checkpoint."""
+    with atomic_binary_file(path) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def detect_rwkv_version(state_dict: dict) -> str:
