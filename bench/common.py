@@ -21,7 +21,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from src.checkpoint import files
+from src.checkpoint.files import write_text_atomic
 
 MIB = 1024 * 1024
 
@@ -172,14 +172,9 @@ def _kill_quietly(pid: int) -> None:
         pass
 
 
-def write_text_atomic(path, text: str) -> Path:
-    """Write text to path atomically (no half-written results)."""
-    return files.write_text_atomic(text, path)
-
-
 def write_json(path, obj) -> Path:
     """obj as indented JSON (atomically)."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return write_text_atomic(json.dumps(obj, indent=2, sort_keys=False) + "\n", path)
 
 
 def markdown_table(headers, rows, right_align=()) -> str:

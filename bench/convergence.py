@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.common import machine_info, markdown_table, write_json, write_text_atomic  # noqa: E402
+from bench.common import machine_info, markdown_table, write_json  # noqa: E402
 from demo.quickstart import SIZES, Quickstart  # noqa: E402
+from src.checkpoint.files import write_text_atomic  # noqa: E402
 from src.model import RWKV6  # noqa: E402
 from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft  # noqa: E402
 from src.train.plots import plot_loss_curves, read_metrics  # noqa: E402
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
         f"{size.ft_steps} steps of {size.ft_micro_bsz} samples, lr {size.ft_lr:g} cosine to a tenth, seed "
         f"{args.seed}. final loss: mean of the last 10% of steps.", "",
         table, "", f"Loss curves: `{plot.relative_to(ROOT)}`.", ""])
-    write_text_atomic(RESULTS / "convergence-cpu.md", text)
+    write_text_atomic(text, RESULTS / "convergence-cpu.md")
     print(text)
     return 0
 

@@ -36,8 +36,8 @@ from bench.common import (  # noqa: E402  (the repo root must be on sys.path fir
     run_fresh_process,
     slug,
     write_json,
-    write_text_atomic,
 )
+from src.checkpoint.files import write_text_atomic  # noqa: E402
 
 # Model shapes. vocab 65536 is the world tokenizer's; the CPU shape is scaled down to run in minutes.
 SHAPES = {
@@ -471,7 +471,7 @@ def main(argv=None):
                 "rounds": args.rounds, "seed": args.seed}
     json_path = write_json(out_dir / f"table7-{tag}.json",
                            {"machine": info, "settings": settings, "table": table, "runs": runs, "paper": PAPER})
-    md_path = write_text_atomic(out_dir / f"table7-{tag}.md", render_markdown(table, info, args, device) + "\n")
+    md_path = write_text_atomic(render_markdown(table, info, args, device) + "\n", out_dir / f"table7-{tag}.md")
     print(f"wrote {json_path} and {md_path} ({info['wall_s']:.0f} s)")
     failed = [e for e in table if e.get("status") != "ok"]
     return 1 if failed and len(failed) == len(table) else 0

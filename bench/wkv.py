@@ -40,8 +40,8 @@ from bench.common import (  # noqa: E402  (the repo root must be on sys.path fir
     synchronize,
     timed_steps,
     write_json,
-    write_text_atomic,
 )
+from src.checkpoint.files import write_text_atomic  # noqa: E402
 from src.ops import wkv6  # noqa: E402
 from src.ops.wkv6_sequential import wkv6_sequential  # noqa: E402
 from src.ops.wkv6_torch import DEFAULT_CHUNK_LEN, wkv6_torch  # noqa: E402
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
         report = bench_cpu(args.repeats)
         write_json(RESULTS / "wkv-cpu.json", report)
         text = cpu_markdown(report)
-        write_text_atomic(RESULTS / "wkv-cpu.md", text)
+        write_text_atomic(text, RESULTS / "wkv-cpu.md")
         print(text)
     if not args.skip_gpu and torch.cuda.is_available():
         device = torch.device("cuda")
@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         stem = f"wkv-{slug(torch.cuda.get_device_name(device))}"
         write_json(RESULTS / f"{stem}.json", report)
         text = gpu_markdown(report)
-        write_text_atomic(RESULTS / f"{stem}.md", text)
+        write_text_atomic(text, RESULTS / f"{stem}.md")
         print(text)
     elif not args.skip_gpu:
         print("no CUDA device: GPU figures skipped")
