@@ -4,7 +4,7 @@
     python train.py --peft bone --bone_b 64 --load_model BASE.pth --data_file DATA --proj_dir OUT
     python train.py --help
 
-See src/train/run.py for what a run does and src/train/args.py for the flags.
+See src/train/launch.py for how a run is launched and src/train/args.py for the flags.
 """
 import os
 import sys
@@ -12,7 +12,7 @@ import sys
 # Lightning's multi-process launcher re-runs this file by path, possibly from another folder.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from src.train.run import main  # noqa: E402
+from src.train.launch import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from bench.common import machine_info, markdown_table, write_json  # noqa: E402
 from demo.quickstart import SIZES, Quickstart  # noqa: E402
 from src.checkpoint.files import write_text_atomic  # noqa: E402
+from src.checkpoint.io import load_rwkv  # noqa: E402
 from src.model import RWKV6  # noqa: E402
 from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft  # noqa: E402
 from src.train.plots import plot_loss_curves, read_metrics  # noqa: E402
@@ -62,7 +63,7 @@ def init_and_trainable(base: Path, config) -> tuple:
     initial factors)."""
     times = []
     for _ in range(3):
-        model = RWKV6.from_checkpoint(base, wkv_op="torch", dtype=torch.float32)
+        model = load_rwkv(base, wkv_op="torch", dtype=torch.float32)
         apply_peft(model, config)
         times.append(model.peft_state.peft_init_seconds)
     return statistics.median(times), sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -163,7 +163,7 @@ def run_worker(args) -> dict:
     try:
         from src.ops import resolve_wkv_op
 
-        wkv_op = resolve_wkv_op(args.wkv_op, device)
+        wkv_op = resolve_wkv_op(args.wkv_op, device, head_size=64, dtype=dtype).op
         result["wkv_op"] = wkv_op
         model = build_model(shape, layer_ckpt, wkv_op, device, dtype, args.seed)
         if adapter is None:

@@ -16,10 +16,16 @@ Results: bench/results/wkv-cpu.json and .md, with the machine description.
 GPU (when available): B=8 T=1024 H=32 N=64 (C=2048, the RWKV6-1.6B layer shape), forward+backward and forward:
 our cuda op (bf16 and fp32), the torch op (bf16 and fp32 inputs), and fla's chunk_rwkv6 (bf16) if `fla`
 imports. Peak CUDA memory per variant, and a correctness cross-check of each against the float64 torch op on
-the same inputs. Results: bench/results/wkv-<gpu name>.json and .md.
+the same inputs. Results: bench/results/wkv-<gpu name>.json and .md, rewritten after every variant (a run cut
+short keeps the rows it measured; "partial" says so). fla's first call autotunes its Triton kernels, which can
+take minutes, so scripts/gpu_check.sh measures it in a second run that adds its row to the same files:
+
+    python bench/wkv.py --skip-cpu --variants cuda,torch
+    python bench/wkv.py --skip-cpu --variants fla --update
 """
 import argparse
 import inspect
+import json
 import sys
 import time
 from pathlib import Path
@@ -223,46 +229,102 @@ def cpu_markdown(report: dict) -> str:
 
 
 def fla_op():
-    """fla's chunk_rwkv6 as fn(r, k, v, w, u) -> (y [B,T,H,N], state), or (None, reason) if unavailable."""
+    """fla's chunk_rwkv6 as fn(r, k, v, w, u) -> (y [B,T,H,N], state), or (None, reason) if unavailable.
+
+    fla's w is the log of the decay (ours is w with decay = exp(-exp(w))), and its default scale is K**-0.5
+    (RWKV uses 1.0). Current fla (0.3 on, e.g. fla-core 0.6.0) takes [B, T, H, N], as we do, and has no
+    `head_first` argument; versions that have it are told head_first=False.
+    """
     try:
         from fla.ops.rwkv6 import chunk_rwkv6
     except Exception as error:  # not installed, or a triton mismatch: report, do not fail the benchmark
         return None, f"fla not available: {type(error).__name__}: {error}"
-    head_first_param = "head_first" in inspect.signature(chunk_rwkv6).parameters
+    extra = {"head_first": False} if "head_first" in inspect.signature(chunk_rwkv6).parameters else {}
 
     def run(r, k, v, w, u):
         log_decay = -torch.exp(w.float()).to(r.dtype)
-        u = u.to(r.dtype)
-        if head_first_param:
-            y, state = chunk_rwkv6(r, k, v, log_decay, u, scale=1.0, output_final_state=True, head_first=False)
-            return y, state
-        # Versions without the argument take [B, H, T, N].
-        r, k, v, log_decay = (x.transpose(1, 2) for x in (r, k, v, log_decay))
-        y, state = chunk_rwkv6(r, k, v, log_decay, u, scale=1.0, output_final_state=True)
-        return y.transpose(1, 2), state
+        return chunk_rwkv6(r, k, v, log_decay, u.to(r.dtype), scale=1.0, output_final_state=True, **extra)
 
     return run, None
 
 
-def bench_gpu(device, repeats: int) -> dict:
+def fla_version() -> str:
+    try:
+        import fla
+
+        return str(getattr(fla, "__version__", "?"))
+    except Exception:
+        return "not installed"
+
+
+GPU_FAMILIES = ("cuda", "torch", "fla")
+
+
+def bench_gpu(device, repeats: int, on_row=None, families=GPU_FAMILIES, previous=None) -> dict:
+    """The GPU table for the variant families asked for (cuda, torch, fla).
+
+    on_row(report so far) is called after each variant, so a run cut short keeps its rows. `previous` (an
+    earlier report of this benchmark on the same GPU) supplies the rows of the families not measured now, so the
+    fla row, whose first call includes Triton's autotuning (minutes), can be measured in a separate run
+    (`--variants fla --update`) and land in the same table.
+    """
     from src.ops.wkv6_cuda import load_wkv6_extension
 
     shape = GPU_SHAPE
     variants = {}
     for dtype in (torch.bfloat16, torch.float32):
         name = "bf16" if dtype == torch.bfloat16 else "fp32"
-        load_wkv6_extension(head_size=shape["N"], dtype=dtype)  # build before timing
-        variants[f"cuda {name}"] = (dtype, lambda r, k, v, w, u: wkv6(r, k, v, w, u, op="cuda"))
-        variants[f"torch {name}"] = (dtype, lambda r, k, v, w, u: wkv6(r, k, v, w, u, op="torch"))
-    fla_run, fla_reason = fla_op()
-    if fla_run is not None:
-        variants["fla chunk_rwkv6 bf16"] = (torch.bfloat16, fla_run)
+        if "cuda" in families:
+            load_wkv6_extension(head_size=shape["N"], dtype=dtype)  # build before timing
+            variants[f"cuda {name}"] = (dtype, lambda r, k, v, w, u: wkv6(r, k, v, w, u, op="cuda"))
+        if "torch" in families:
+            variants[f"torch {name}"] = (dtype, lambda r, k, v, w, u: wkv6(r, k, v, w, u, op="torch"))
+    if "fla" in families:
+        fla_run, fla_reason = fla_op()
+        if fla_run is not None:
+            variants["fla chunk_rwkv6 bf16"] = (torch.bfloat16, fla_run)
+    else:
+        fla_run = None
+        fla_reason = (previous or {}).get("fla", "not measured in this run (bench/wkv.py --variants fla --update)")
 
     # Reference outputs for the cross-check: the float64 torch op on the bf16-rounded inputs.
     bf16_inputs, u, _ = make_inputs(**shape, dtype=torch.bfloat16, device=device)
     y_reference, _ = wkv6_torch(*[x.double() for x in bf16_inputs], u.double())
 
+    kept = [row for row in (previous or {}).get("results", []) if row["variant"].split()[0] not in families]
     rows = []
+    notes = [f"median of {repeats} steps after 2 warm-up steps, CUDA synchronised around each step",
+             "the fla row's warm-up steps include Triton's autotuning of fla's kernels (not timed)"]
+    if kept:
+        notes.append(f"rows {', '.join(row['variant'] for row in kept)} come from an earlier run of this benchmark "
+                     f"({(previous or {}).get('machine', {}).get('date_utc', '?')}); the others from this one")
+
+    def report(partial: bool) -> dict:
+        all_rows = kept + rows
+        by_name = {row["variant"]: row for row in all_rows}
+        ratios = {}
+        for name in ("bf16", "fp32"):
+            cuda_row, torch_row = by_name.get(f"cuda {name}", {}), by_name.get(f"torch {name}", {})
+            if "forward+backward_median_ms" in cuda_row and "forward+backward_median_ms" in torch_row:
+                ratios[f"torch/cuda {name} forward+backward"] = (
+                    torch_row["forward+backward_median_ms"] / cuda_row["forward+backward_median_ms"]
+                )
+        fla_row = by_name.get("fla chunk_rwkv6 bf16", {})
+        if "forward+backward_median_ms" in fla_row and "forward+backward_median_ms" in by_name.get("cuda bf16", {}):
+            ratios["fla/cuda bf16 forward+backward"] = (
+                fla_row["forward+backward_median_ms"] / by_name["cuda bf16"]["forward+backward_median_ms"]
+            )
+        return {
+            "benchmark": "wkv6 operator, GPU",
+            "machine": machine_info(device),
+            "shape": shape,
+            "results": all_rows,
+            "speed_ratios": ratios,
+            "fla": f"timed (fla {fla_version()})" if fla_run is not None else fla_reason,
+            "partial": partial,
+            "notes": notes,
+        }
+
     for name, (dtype, fn) in variants.items():
         tensors, u, grad_y = make_inputs(**shape, dtype=dtype, device=device)
         row = {"variant": name, "dtype": str(dtype).replace("torch.", "")}
@@ -282,23 +344,9 @@ def bench_gpu(device, repeats: int) -> dict:
             row["error"] = f"{type(error).__name__}: {error}"
         synchronize(device)
         rows.append(row)
-    by_name = {row["variant"]: row for row in rows}
-    ratios = {}
-    for name in ("bf16", "fp32"):
-        cuda_row, torch_row = by_name.get(f"cuda {name}", {}), by_name.get(f"torch {name}", {})
-        if "forward+backward_median_ms" in cuda_row and "forward+backward_median_ms" in torch_row:
-            ratios[f"torch/cuda {name} forward+backward"] = (
-                torch_row["forward+backward_median_ms"] / cuda_row["forward+backward_median_ms"]
-            )
-    return {
-        "benchmark": "wkv6 operator, GPU",
-        "machine": machine_info(device),
-        "shape": shape,
-        "results": rows,
-        "speed_ratios": ratios,
-        "fla": "timed" if fla_run is not None else fla_reason,
-        "notes": [f"median of {repeats} steps after 2 warm-up steps, CUDA synchronised around each step"],
-    }
+        if on_row is not None:
+            on_row(report(partial=len(rows) < len(variants)))
+    return report(partial=False)
 
 
 def gpu_markdown(report: dict) -> str:
@@ -326,6 +374,7 @@ def gpu_markdown(report: dict) -> str:
         "",
         *[f"- {name}: {value:.2f}x" for name, value in report["speed_ratios"].items()],
         f"- fla: {report['fla']}",
+        *(["- PARTIAL: the run stopped before every variant was measured"] if report.get("partial") else []),
         *[f"- {note}" for note in report["notes"]],
         "",
     ]
@@ -337,7 +386,15 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=11, help="timed steps per variant (median reported)")
     parser.add_argument("--skip-gpu", action="store_true", help="CPU figures only")
     parser.add_argument("--skip-cpu", action="store_true", help="GPU figures only")
+    parser.add_argument("--variants", default=",".join(GPU_FAMILIES),
+                        help="GPU variant families to measure, comma-separated from cuda,torch,fla (default: all)")
+    parser.add_argument("--update", action="store_true",
+                        help="keep the rows of the other families from the GPU's existing results file")
     args = parser.parse_args(argv)
+    families = tuple(f.strip() for f in args.variants.split(",") if f.strip())
+    unknown = [f for f in families if f not in GPU_FAMILIES]
+    if unknown or not families:
+        parser.error(f"--variants {args.variants!r}: choose from {', '.join(GPU_FAMILIES)}")
 
     if not args.skip_cpu:
         report = bench_cpu(args.repeats)
@@ -347,12 +404,26 @@ def main(argv=None) -> int:
         print(text)
     if not args.skip_gpu and torch.cuda.is_available():
         device = torch.device("cuda")
-        report = bench_gpu(device, max(args.repeats, 10))
         stem = f"wkv-{slug(torch.cuda.get_device_name(device))}"
-        write_json(RESULTS / f"{stem}.json", report)
-        text = gpu_markdown(report)
-        write_text_atomic(text, RESULTS / f"{stem}.md")
-        print(text)
+
+        def write_gpu(report):
+            write_json(RESULTS / f"{stem}.json", report)
+            text = gpu_markdown(report)
+            write_text_atomic(text, RESULTS / f"{stem}.md")
+            return text
+
+        def on_row(report):
+            row = report["results"][-1]
+            timing = (f"{row['forward+backward_median_ms']:.2f} ms fwd+bwd" if "error" not in row
+                      else f"error: {row['error'][:200]}")
+            print(f"[wkv] {row['variant']}: {timing}", flush=True)
+            write_gpu(report)
+
+        previous = None
+        if args.update and (RESULTS / f"{stem}.json").is_file():
+            previous = json.loads((RESULTS / f"{stem}.json").read_text(encoding="utf-8"))
+        print(write_gpu(bench_gpu(device, max(args.repeats, 10), on_row=on_row, families=families,
+                                  previous=previous)))
     elif not args.skip_gpu:
         print("no CUDA device: GPU figures skipped")
     return 0

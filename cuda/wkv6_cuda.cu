@@ -20,22 +20,29 @@
 //                      column. The next step's inputs are loaded into registers before the current step's
 //                      arithmetic, to hide global-memory latency.
 //   backward pass 1    N threads, forward in time; thread i owns row i of S. Produces gr, gu (per b, h) and the
-//                      "r side" terms of the decay gradient (below), written to a float buffer q [B, T, H, N].
-//   backward pass 2    2N threads, backward in time, both halves holding the adjoint dS = dL/dS_{t+1}:
-//                      threads 0..N-1 own row i (give gk and gw), threads N..2N-1 own column j (give gv, and
-//                      dS_0 = the gradient of s0 at the end).
+//                      "r side" terms p_t of the decay gradient (below), written to a float buffer q [B, T, H, N].
+//                      Per step the block stages gy_t, v_t, gy_t*v_t and gy_{t+1} in shared memory.
+//   backward pass 2    2N threads, backward in time. Threads N..2N-1 own column j of the adjoint dS = dL/dS_{t+1}
+//                      (give gv, and dS_0 = the gradient of s0 at the end). Threads 0..N-1 own row i, holding the
+//                      decayed carry C_t = d_{t+1} dS_{t+2} rather than dS_{t+1} itself (give gk and gw).
 // Gradients (gy = dL/dy, gS = dL/dS_T; adjoint dS_T = gS, dS_t = d_t dS_{t+1} + r_t gy_t^T):
 //   gr_t[i] = sum_j gy_t[j] S_t[i][j] + u[i] k_t[i] (gy_t . v_t)
 //   gk_t[i] = sum_j dS_{t+1}[i][j] v_t[j] + r_t[i] u[i] (gy_t . v_t)
 //   gv_t[j] = sum_i dS_{t+1}[i][j] k_t[i] + gy_t[j] sum_i r_t[i] u[i] k_t[i]
 //   gu[i]   = sum_t r_t[i] k_t[i] (gy_t . v_t)
 //   Decay: with a_m = sum_{q<=m} log d_q, y_t sees r_t exp(a_{t-1}) and k_s exp(-a_s), and S_T sees exp(a_{T-1}).
-//   So dL/da_m = q_m - k_m[i] sum_j dS_{m+1}[i][j] v_m[j], where q_m = r_{m+1}[i] sum_j gy_{m+1}[j] S_{m+1}[i][j]
-//   for m < T-1 and q_{T-1} = sum_j gS[i][j] S_T[i][j]; then dL/dlog d_t = sum_{m>=t} dL/da_m (a reverse running
-//   sum, kept per row thread in pass 2) and dL/dw_t = dL/dlog d_t * log d_t, because log d = -exp(w).
-//   Every exponential is of -exp(w) <= 0 or of w itself, never of a cumulative sum. The running sum adds terms
-//   of adjacent-token pairs that cancel exactly in exact arithmetic, so gw carries an absolute float rounding
-//   error of about 1e-7 x |log d| x the size of those terms (about 1e-4 of max |gw| at log d = -20 per step).
+//   So dL/da_m = r_{m+1}[i] (gy_{m+1} . S_{m+1}[i,:]) - k_m[i] (dS_{m+1}[i,:] . v_m) for m < T-1, and
+//   gS[i,:] . S_T[i,:] - k_{T-1}[i] (gS[i,:] . v_{T-1}) for m = T-1. Both terms contain r_{m+1}[i] k_m[i]
+//   (gy_{m+1} . v_m) (through S_{m+1} = d_m S_m + k_m v_m^T and dS_{m+1} = d_{m+1} dS_{m+2} + r_{m+1} gy_{m+1}^T),
+//   which cancels exactly; the kernel never forms it, and sums the cancellation-free increments
+//     inc_m     = p_m - k_m[i] (C_m[i,:] . v_m),    C_m = d_{m+1} dS_{m+2}      (m < T-1)
+//     p_m       = r_{m+1}[i] d_m[i] (gy_{m+1} . S_m[i,:])                    (m < T-1, pass 1)
+//     inc_{T-1} = p_{T-1} = d_{T-1}[i] (gS[i,:] . S_{T-1}[i,:])                 (pass 1; no k term)
+//   Pass 2's row threads keep C (C_{T-1} := gS for the first step, whose k term is not used) and form
+//   dS_{m+1} = C_m + r_{m+1} gy_{m+1}^T for gk, then C_{m-1} = d_m dS_{m+1}. dL/dlog d_t = sum_{m>=t} inc_m (a
+//   reverse running sum per row thread) and dL/dw_t = dL/dlog d_t * log d_t, because log d = -exp(w).
+//   Every exponential is of -exp(w) <= 0 or of w itself, never of a cumulative sum, and no term of gw is a
+//   difference of large cancelling parts, so its rounding error stays relative to the increments themselves.
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
@@ -147,45 +154,52 @@ __global__ void __launch_bounds__(kN) wkv6_backward_rows_kernel(
     const size_t step = (size_t)H * kN;
     const size_t first = ((size_t)b * T * H + h) * kN + i;
 
-    __shared__ float gy_s[kN], v_s[kN], gyv_s[kN];
+    __shared__ float gy_s[kN], v_s[kN], gyv_s[kN], gy_next_s[kN];
 
     const float u_i = u[h * kN + i];
     float state[kN];  // state[j] = S[i][j]
     const float* s0_row = s0 + (size_t)bh * kN * kN + (size_t)i * kN;
 #pragma unroll
     for (int j = 0; j < kN; ++j) state[j] = s0_row[j];
+    const float* gs_row = gs_out + (size_t)bh * kN * kN + (size_t)i * kN;
 
+    float gy_here = to_float(gy[first]);
+    float r_i = to_float(r[first]);
     float gu_acc = 0.f;
     for (int t = 0; t < T; ++t) {
         const size_t idx = first + (size_t)t * step;
-        const float gy_here = to_float(gy[idx]);
+        const bool last = t + 1 == T;
+        const float gy_next = last ? 0.f : to_float(gy[idx + step]);  // gy_{t+1}[i]; nothing after the last step
+        const float r_next = last ? 1.f : to_float(r[idx + step]);    // r_{t+1}[i]; 1 for the gS term below
         const float v_here = to_float(v[idx]);
-        const float r_i = to_float(r[idx]);
         const float k_i = to_float(k[idx]);
         const float d_i = decay_from_raw(to_float(w[idx]));
         __syncthreads();
         gy_s[i] = gy_here;
         v_s[i] = v_here;
         gyv_s[i] = gy_here * v_here;
+        gy_next_s[i] = gy_next;
         __syncthreads();
         float gy_dot_v = 0.f;
         float from_state = 0.f;  // sum_j gy_t[j] S_t[i][j]
+        float next_dot = 0.f;    // sum_j gy_{t+1}[j] S_t[i][j], or at the last step sum_j gS[i][j] S_{T-1}[i][j]
+        if (last) {
+#pragma unroll
+            for (int j = 0; j < kN; ++j) next_dot = fmaf(gs_row[j], state[j], next_dot);
+        }
 #pragma unroll
         for (int j = 0; j < kN; ++j) {
             gy_dot_v += gyv_s[j];
             from_state = fmaf(gy_s[j], state[j], from_state);
+            next_dot = fmaf(gy_next_s[j], state[j], next_dot);  // gy_next_s is 0 at the last step
             state[j] = fmaf(state[j], d_i, k_i * v_s[j]);
         }
         gr[idx] = from_float<F>(fmaf(u_i * k_i, gy_dot_v, from_state));
-        if (t > 0) q[idx - step] = r_i * from_state;
+        q[idx] = r_next * d_i * next_dot;  // p_t (header)
         gu_acc = fmaf(r_i * k_i, gy_dot_v, gu_acc);
+        gy_here = gy_next;
+        r_i = r_next;
     }
-
-    const float* gs_row = gs_out + (size_t)bh * kN * kN + (size_t)i * kN;
-    float final_term = 0.f;
-#pragma unroll
-    for (int j = 0; j < kN; ++j) final_term = fmaf(gs_row[j], state[j], final_term);
-    q[first + (size_t)(T - 1) * step] = final_term;
     gu_part[bh * kN + i] = gu_acc;
 }
 
@@ -207,11 +221,13 @@ __global__ void __launch_bounds__(2 * kN) wkv6_backward_adjoint_kernel(
     const size_t first = ((size_t)b * T * H + h) * kN + c;
 
     __shared__ float r_s[kN], k_s[kN], d_s[kN], ruk_s[kN];
-    __shared__ float gy_s[kN], v_s[kN], gyv_s[kN];
+    __shared__ float gy_s[kN], v_s[kN], gyv_s[kN], gy_next_s[kN];
 
     const float u_c = u[h * kN + c];
     const float* gs_bh = gs_out + (size_t)bh * kN * kN;
-    float adj[kN];  // row thread: adj[j] = dS[c][j]; column thread: adj[i] = dS[i][c]
+    // Row thread: adj[j] = C_t[c][j] = d_{t+1} dS_{t+2}[c][j] (the decayed carry; gS at the first step).
+    // Column thread: adj[i] = dS_{t+1}[i][c].
+    float adj[kN];
     if (owns_row) {
 #pragma unroll
         for (int x = 0; x < kN; ++x) adj[x] = gs_bh[(size_t)c * kN + x];
@@ -220,7 +236,9 @@ __global__ void __launch_bounds__(2 * kN) wkv6_backward_adjoint_kernel(
         for (int x = 0; x < kN; ++x) adj[x] = gs_bh[(size_t)x * kN + c];
     }
 
-    float log_decay_grad = 0.f;  // row threads: sum_{m >= t} dL/da_m
+    float log_decay_grad = 0.f;  // row threads: sum_{m >= t} inc_m
+    float r_later = 0.f;         // row threads: r_{t+1}[c] (0 at the first step, where C already is dS_T = gS)
+    float gy_later = 0.f;        // column threads: gy_{t+1}[c]
     for (int t = T - 1; t >= 0; --t) {
         const size_t idx = first + (size_t)t * step;
         float w_c = 0.f;
@@ -243,21 +261,26 @@ __global__ void __launch_bounds__(2 * kN) wkv6_backward_adjoint_kernel(
             gy_s[c] = gy_c;
             v_s[c] = v_c;
             gyv_s[c] = gy_c * v_c;
+            gy_next_s[c] = gy_later;
         }
         __syncthreads();
         if (owns_row) {
             const float d_i = d_s[c];
             float gy_dot_v = 0.f;
-            float adj_dot_v = 0.f;  // sum_j dS_{t+1}[i][j] v_t[j]
+            float carry_dot_v = 0.f;  // sum_j C_t[i][j] v_t[j]
+            float adj_dot_v = 0.f;    // sum_j dS_{t+1}[i][j] v_t[j]
 #pragma unroll
             for (int x = 0; x < kN; ++x) {
                 gy_dot_v += gyv_s[x];
-                adj_dot_v = fmaf(adj[x], v_s[x], adj_dot_v);
-                adj[x] = fmaf(adj[x], d_i, r_c * gy_s[x]);
+                const float adj_x = fmaf(r_later, gy_next_s[x], adj[x]);  // dS_{t+1}[i][x] = C_t + r_{t+1} gy_{t+1}
+                carry_dot_v = fmaf(adj[x], v_s[x], carry_dot_v);
+                adj_dot_v = fmaf(adj_x, v_s[x], adj_dot_v);
+                adj[x] = adj_x * d_i;  // C_{t-1} = d_t dS_{t+1}
             }
             gk[idx] = from_float<F>(fmaf(r_c * u_c, gy_dot_v, adj_dot_v));
-            log_decay_grad += q[idx] - k_c * adj_dot_v;
+            log_decay_grad += t + 1 < T ? q[idx] - k_c * carry_dot_v : q[idx];  // inc_t (header)
             gw[idx] = from_float<F>(log_decay_grad * -__expf(w_c));
+            r_later = r_c;
         } else {
             const float gy_j = gy_s[c];
             float ruk = 0.f;
@@ -269,6 +292,7 @@ __global__ void __launch_bounds__(2 * kN) wkv6_backward_adjoint_kernel(
                 adj[x] = fmaf(adj[x], d_s[x], r_s[x] * gy_j);
             }
             gv[idx] = from_float<F>(fmaf(gy_j, ruk, adj_dot_k));
+            gy_later = gy_c;
         }
     }
 

@@ -33,27 +33,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids  # noqa: E402
+from src.checkpoint.files import save_atomic  # noqa: E402
+from src.checkpoint.io import check_finite_tensors, load_for_inference, read_checkpoint  # noqa: E402
+from src.model import DTYPES  # noqa: E402
+from src.peft import read_adapter  # noqa: E402
+from src.peft.merged import serving_weights  # noqa: E402
 
 TURN_SEPARATOR = "\n\n"
 BYTE_VOCAB_MAX = 256
-
-
-def merge_in_memory(base_path, adapter_path) -> dict:
-    """Base + adapter folded into plain RWKV6 weights, exactly as `python -m src.merge` writes them.
-
-    The merge runs in fp32 and each tensor is cast back to the base file's dtype, so serving this dict gives
-    the same replies as serving the file src.merge would write.
-    """
-    from src.checkpoint import load_rwkv_state_dict
-    from src.model import RWKV6
-    from src.peft import load_adapter, merge_peft
-
-    base = load_rwkv_state_dict(base_path)
-    model = RWKV6.from_checkpoint(base_path, wkv_op="torch", dtype=torch.float32)
-    load_adapter(model, adapter_path)
-    merge_peft(model)
-    merged = model.state_dict()
-    return {key: merged[key].to(base[key].dtype).contiguous() for key in base}
 
 
 class RwkvPackageEngine:
@@ -79,18 +66,10 @@ class NativeEngine:
     name = "native"
 
     def __init__(self, state_dict, device, dtype):
-        from src.checkpoint import infer_config
-        from src.model import RWKV6
-        from src.ops import resolve_wkv_op
-
-        config = infer_config(state_dict)
-        config.wkv_op = resolve_wkv_op("auto", torch.device(device))
-        with torch.device("meta"):
-            model = RWKV6(config)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = load_for_inference(state_dict, "auto", torch.device(device), dtype,
+                                        report=lambda note: print(note, file=sys.stderr))
         self.device = device
-        self.vocab_size = config.vocab_size
+        self.vocab_size = self.model.config.vocab_size
 
     @torch.no_grad()
     def forward(self, tokens, state):
@@ -204,18 +183,23 @@ def build_parser():
 
 
 def resolve_source(args, parser):
-    """The merged weights to serve, as (state_dict, pth_path or None)."""
-    from src.checkpoint import load_rwkv_state_dict
-
+    """The merged weights to serve, as (state_dict, pth_path or None); weights holding NaN or infinity are
+    refused (ValueError naming the file and the tensor)."""
     if args.model and (args.base or args.adapter):
         parser.error("give either --model, or --base with --adapter, not both")
     if args.model:
-        return load_rwkv_state_dict(args.model), Path(args.model)
+        weights = serving_weights(model_path=args.model)
+        check_finite_tensors(weights, f"--model {args.model}")
+        return weights, Path(args.model)
     if args.base and args.adapter:
         for flag, path in (("--base", args.base), ("--adapter", args.adapter)):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"{flag} {path}: no such file")
-        return merge_in_memory(args.base, args.adapter), None
+        check_finite_tensors(read_checkpoint(args.base), f"--base {args.base}")
+        check_finite_tensors(read_adapter(args.adapter)["tensors"], f"--adapter {args.adapter}")
+        weights = serving_weights(base_path=args.base, adapter_path=args.adapter)
+        check_finite_tensors(weights, "the merged model (--base + --adapter)")
+        return weights, None
     if args.base or args.adapter:
         parser.error("--base and --adapter go together: the adapter is merged into the base it was trained on")
     parser.error("no model: pass --model MERGED.pth, or --base BASE.pth --adapter ADAPTER "
@@ -233,13 +217,11 @@ def set_rwkv_package_environment(device):
 
 
 def build_engine(args, state_dict, pth_path, device, precision, workdir):
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtype = DTYPES[precision]
     if args.engine == "native":
         return NativeEngine(state_dict, device, dtype)
     if pth_path is None or pth_path.suffix != ".pth":
         # The rwkv package loads weights from a .pth file only: hand it the merged weights through one.
-        from src.checkpoint import save_atomic
-
         pth_path = save_atomic(state_dict, Path(workdir) / "merged.pth")
     set_rwkv_package_environment(device)
     return RwkvPackageEngine(pth_path, f"{device} {precision}")

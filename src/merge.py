@@ -4,6 +4,10 @@
 
 The merge runs in fp32 whatever the stored dtype, and the output has exactly the base's keys, shapes and dtypes,
 so the `rwkv` pip package and every RWKV tool load it as they load the base.
+
+Refused before any work, with one `merge failed: ...` line and exit status 2: an --output that is --base or
+--adapter (also through a hard link or a symbolic link), an --output that is a directory or not writable, and
+base, adapter or merged tensors holding NaN or infinity (the tensor is named). A crash exits with status 1.
 """
 
 import argparse
@@ -12,30 +16,29 @@ import time
 
 import torch
 
-from src.checkpoint import load_rwkv_state_dict, save_atomic
-from src.model import RWKV6
-from src.peft import load_adapter, merge_peft
+from src.checkpoint.files import check_output_file, refuse_overwriting_inputs, save_atomic
+from src.checkpoint.io import check_finite_tensors, read_checkpoint
+from src.model import DTYPES
+from src.peft import read_adapter
+from src.peft.merged import merged_state_dict
 
-DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+OUTPUT_DTYPES = {"keep": None, **DTYPES}
 
 
 def merge_files(base_path, adapter_path, output_path, dtype=None) -> dict:
     """Merge `adapter_path` into `base_path`, write `output_path`; return the merged state dict.
 
-    dtype None keeps each tensor's dtype from the base file.
+    dtype None keeps each tensor's dtype from the base file. Refuses (ValueError) an output that is one of the
+    inputs, and non-finite tensors in the base, the adapter or the merged result, before writing anything.
     """
-    base = load_rwkv_state_dict(base_path)
-    model = RWKV6.from_checkpoint(base_path, wkv_op="torch", dtype=torch.float32)
-    load_adapter(model, adapter_path)
-    merge_peft(model)
-    merged = model.state_dict()
-    if merged.keys() != base.keys():
-        raise RuntimeError(
-            f"merged model has keys the base does not ({sorted(set(merged) ^ set(base))[:5]}): the adapter was not fully folded"
-        )
-    out = {k: merged[k].to(dtype or base[k].dtype).contiguous() for k in base}
-    save_atomic(out, output_path)
-    return out
+    refuse_overwriting_inputs([("--output", output_path)], [("--base", base_path), ("--adapter", adapter_path)])
+    check_output_file("--output", output_path)
+    check_finite_tensors(read_checkpoint(base_path), f"--base {base_path}")
+    check_finite_tensors(read_adapter(adapter_path)["tensors"], f"--adapter {adapter_path}")
+    merged = merged_state_dict(base_path, adapter_path, dtype)
+    check_finite_tensors(merged, f"the merged model (--dtype {dtype or 'as the base'})")
+    save_atomic(merged, output_path)
+    return merged
 
 
 def main(argv=None):
@@ -43,13 +46,15 @@ def main(argv=None):
     parser.add_argument("--base", required=True, help="the base RWKV6 .pth the adapter was trained on")
     parser.add_argument("--adapter", required=True, help="adapter file written by train.py (adapter-*.pth)")
     parser.add_argument("--output", required=True, help="where to write the merged .pth")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="keep", help="dtype of the output (default: as the base)")
+    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default="keep", help="dtype of the output (default: as the base)")
     args = parser.parse_args(argv)
     if not args.output.endswith(".pth"):
         parser.error(f"--output {args.output}: RWKV tools (the rwkv pip package among them) expect a name ending in .pth")
     start = time.time()
     try:
-        merged = merge_files(args.base, args.adapter, args.output, DTYPES[args.dtype])
+        refuse_overwriting_inputs([("--output", args.output)], [("--base", args.base), ("--adapter", args.adapter)])
+        check_output_file("--output", args.output)
+        merged = merge_files(args.base, args.adapter, args.output, OUTPUT_DTYPES[args.dtype])
     except (FileNotFoundError, ValueError) as error:
         print(f"merge failed: {error}", file=sys.stderr)
         return 2

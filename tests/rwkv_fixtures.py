@@ -3,7 +3,7 @@ import os
 
 import torch
 
-from src.checkpoint import save_official
+from src.checkpoint.io import save_official
 from src.model import RWKV6, RWKV6Config
 
 

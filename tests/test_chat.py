@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids
+from src.checkpoint.io import load_rwkv
 from src.data import get_tokenizer, render_sft_prompt
 from src.model import RWKV6
 from src.peft import BoneConfig, apply_peft, save_adapter
@@ -29,7 +30,7 @@ def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("chat")
     base = folder / "base.pth"
     write_random_checkpoint(base, n_layer=2, n_embd=128, vocab_size=256, seed=3)
-    model = RWKV6.from_checkpoint(base, wkv_op="torch", dtype=torch.float32)
+    model = load_rwkv(base, wkv_op="torch", dtype=torch.float32)
     apply_peft(model, BoneConfig(b=64))
     generator = torch.Generator().manual_seed(11)
     with torch.no_grad():
@@ -213,3 +214,19 @@ def test_clear_errors(tiny, tmp_path):
     assert both.returncode != 0 and "not both" in both.stderr
     world_on_bytes = run_chat("--model", tiny["merged"], "--tokenizer", "world", "--prompt", "hi")
     assert world_on_bytes.returncode == 2 and "--tokenizer byte" in world_on_bytes.stderr
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(tiny, tmp_path):
+    broken = dict(torch.load(tiny["merged"], weights_only=True))
+    broken["head.weight"] = broken["head.weight"].clone()
+    broken["head.weight"][5] = float("inf")
+    torch.save(broken, tmp_path / "inf.pth")
+    refused = run_chat("--model", tmp_path / "inf.pth", "--prompt", "hi")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert f"--model {tmp_path / 'inf.pth'}: tensor head.weight holds 128 non-finite value(s)" in refused.stderr
+    payload = torch.load(tiny["adapter"], weights_only=True)
+    name = sorted(payload["tensors"])[0]
+    payload["tensors"][name] = payload["tensors"][name].clone().fill_(float("nan"))
+    torch.save(payload, tmp_path / "nan-adapter.pth")
+    refused = run_chat("--base", tiny["base"], "--adapter", tmp_path / "nan-adapter.pth", "--prompt", "hi")
+    assert refused.returncode == 2 and f"tensor {name} holds" in refused.stderr

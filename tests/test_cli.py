@@ -1,15 +1,19 @@
 """train.py's command line: --dry_run counts (the paper's Table 2), flags and --config, and every refusal message."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from src.checkpoint.io import load_rwkv
 from src.data import get_tokenizer
 from src.data.make_binidx import convert
+from src.peft import BoneConfig, apply_peft, save_adapter
 from src.train.args import parse_args
-from src.train.run import build_model, main, plan_training
+from src.train.launch import main
+from src.train.plan import build_model, plan_training
 from tests.rwkv_fixtures import write_random_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +219,228 @@ def test_schedule_refusals(capsys):
     expect_error(["--epoch_steps", "10", "--accumulate_grad_batches", "4", "--dry_run"], capsys,
                  "--epoch_steps 10 is not a multiple of --accumulate_grad_batches 4")
     expect_error(["--optim", "adam", "--weight_decay", "0.1", "--dry_run"], capsys, "use --optim adamw")
+
+
+def test_adapter_file_as_load_model_says_to_merge_it(tiny, capsys):
+    model = load_rwkv(tiny / "base.pth", wkv_op="torch")
+    apply_peft(model, BoneConfig(b=16))
+    adapter = save_adapter(model, tiny / "adapter.pth")
+    for argv in (["--peft", "bone", "--bone_b", "16", "--data_file", tiny / "text", "--accelerator", "cpu"],
+                 ["--peft", "bone", "--bone_b", "16", "--dry_run"]):
+        expect_error(argv + ["--load_model", adapter], capsys, "is an adapter file", "python -m src.merge",
+                     f"--adapter {adapter}")
+
+
+# ------------------------------------------------------------------ outputs, earlier runs, resumes, setup order
+def tiny_run_args(tiny, proj, *extra):
+    """A 4-step LoRA run on the CLI fixture (single device, fp32): a few seconds."""
+    return ["--peft", "lora", "--lora_r", "4", "--load_model", tiny / "base.pth", "--data_file", tiny / "text",
+            "--ctx_len", "16", "--micro_bsz", "2", "--epoch_steps", "2", "--epoch_count", "2", "--save_every_steps",
+            "1", "--strategy", "auto", "--accelerator", "cpu", "--precision", "fp32", "--proj_dir", proj, *extra]
+
+
+@pytest.fixture
+def in_process_training(monkeypatch):
+    """main() trains in this process: give back the seed variable Lightning sets."""
+    monkeypatch.setenv("PL_GLOBAL_SEED", "unset-by-test")
+    monkeypatch.delenv("PL_GLOBAL_SEED")
+
+
+def train_ok(argv, capsys):
+    status, out, err = run_main(argv, capsys)
+    assert status == 0, f"{out[-2000:]}\n{err[-3000:]}"
+    return out, err
+
+
+def test_train_refuses_outputs_that_are_inputs(tiny, tmp_path, capsys):
+    import shutil
+
+    proj = tmp_path / "run"
+    proj.mkdir()
+    shutil.copy(tiny / "base.pth", proj / "rwkv-final.pth")  # an earlier full fine-tune, used as the base
+    before = (proj / "rwkv-final.pth").read_bytes()
+    expect_error(tiny_run_args(tiny, proj, "--load_model", proj / "rwkv-final.pth"), capsys,
+                 f"--proj_dir output {proj / 'rwkv-final.pth'} is --load_model", "destroy the input")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.link(tiny / "base.pth", linked / "adapter-0.pth")
+    expect_error(tiny_run_args(tiny, linked), capsys, "is a hard link to", "--load_model")
+    inside = tmp_path / "inside"
+    (inside / "checkpoints").mkdir(parents=True)
+    for suffix in (".bin", ".idx"):
+        shutil.copy(str(tiny / "text") + suffix, inside / "checkpoints" / f"text{suffix}")
+    expect_error(tiny_run_args(tiny, inside, "--data_file", inside / "checkpoints" / "text"), capsys,
+                 "--data_file", "lies inside", "checkpoints")
+    assert (proj / "rwkv-final.pth").read_bytes() == before
+    assert (linked / "adapter-0.pth").read_bytes() == (tiny / "base.pth").read_bytes()
+
+
+def test_proj_dir_that_is_a_file_is_refused(tiny, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    expect_error(tiny_run_args(tiny, tmp_path / "a-file"), capsys, "--proj_dir", "is a file, not a folder")
+    expect_error(tiny_run_args(tiny, tmp_path / "a-file" / "run"), capsys, "lies under", "which is a file")
+
+
+def test_finished_run_without_checkpoints_is_not_overwritten_and_fresh_moves_it(tiny, tmp_path, capsys,
+                                                                                in_process_training):
+    import shutil
+
+    proj = tmp_path / "run"
+    train_ok(tiny_run_args(tiny, proj), capsys)
+    shutil.rmtree(proj / "checkpoints")  # e.g. cleaned up to save space: the adapter is what was kept
+    old = {name: (proj / name).read_bytes() for name in ("adapter-final.pth", "adapter-1.pth", "metrics.csv")}
+    expect_error(tiny_run_args(tiny, proj), capsys, "holds the outputs of an earlier run",
+                 "adapter-0.pth, adapter-1.pth, adapter-final.pth", "another --proj_dir", "--fresh")
+    assert {name: (proj / name).read_bytes() for name in old} == old
+    out, _ = train_ok(tiny_run_args(tiny, proj, "--fresh", "--lr_init", "1e-3"), capsys)
+    moved = [p for p in proj.iterdir() if p.name.startswith("replaced-")]
+    assert len(moved) == 1 and f"moved the earlier run's outputs in {proj} into {moved[0]}/" in out
+    assert {name: (moved[0] / name).read_bytes() for name in old} == old  # all of it, byte for byte
+    assert (moved[0] / "loss.png").is_file()
+    assert (proj / "adapter-final.pth").read_bytes() != old["adapter-final.pth"]
+    assert len((proj / "metrics.csv").read_text().splitlines()) == 1 + 4
+
+
+def test_resume_refuses_changed_settings_and_replaced_files(tiny, tmp_path, capsys, in_process_training):
+    import shutil
+
+    data = tmp_path / "data"
+    for suffix in (".bin", ".idx"):
+        shutil.copy(str(tiny / "text") + suffix, str(data) + suffix)
+    base = tmp_path / "base.pth"
+    shutil.copy(tiny / "base.pth", base)
+    proj = tmp_path / "run"
+    args = tiny_run_args(tiny, proj, "--load_model", base, "--data_file", data)
+    train_ok(args, capsys)
+    out, _ = train_ok(args, capsys)
+    assert "training already finished" in out
+    for extra, fragment in [
+        (["--lr_init", "1e-3"], "lr_init: checkpoint 0.0006, now 0.001"),
+        (["--optim", "adam"], "optim: checkpoint 'adamw', now 'adam'"),
+        (["--beta1", "0.8"], "beta1: checkpoint 0.9, now 0.8"),
+        (["--gradient_clip_val", "0.5"], "gradient_clip_val: checkpoint 1.0, now 0.5"),
+        (["--template", "alpaca"], "template: checkpoint 'rwkv', now 'alpaca'"),
+        (["--data_shuffle", "false"], "data_shuffle: checkpoint True, now False"),
+    ]:
+        expect_error(args + extra, capsys, "holds a checkpoint of a different run", fragment)
+    last = expect_error(args + ["--lr_init", "1e-3"], capsys)
+    assert "add --change_on_resume lr_init" in last
+    out, _ = train_ok(args + ["--gradient_clip_val", "0.5", "--change_on_resume", "gradient_clip_val"], capsys)
+    assert "training already finished" in out
+    expect_error(args + ["--change_on_resume", "optim"], capsys, "--change_on_resume optim: only lr_init")
+
+    convert(str(tiny / "text.jsonl"), str(tmp_path / "other"), get_tokenizer("byte"))
+    with open(tmp_path / "other.jsonl", "w", encoding="utf-8") as handle:
+        handle.write(json.dumps({"text": "a different corpus " * 20}) + "\n")
+    convert(str(tmp_path / "other.jsonl"), str(tmp_path / "other"), get_tokenizer("byte"))
+    for suffix in (".bin", ".idx"):
+        os.replace(str(tmp_path / "other") + suffix, str(data) + suffix)
+    expect_error(args, capsys, "--data_file was replaced at the same path", "data.bin:")
+    for suffix in (".bin", ".idx"):
+        shutil.copy(str(tiny / "text") + suffix, str(data) + suffix)
+    write_random_checkpoint(base, n_layer=2, n_embd=64, vocab_size=256, seed=99)  # same shapes, other weights
+    expect_error(args, capsys, "--load_model was replaced at the same path", "base.pth")
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_one_before(tiny, tmp_path, capsys, in_process_training):
+    proj = tmp_path / "run"
+    args = tiny_run_args(tiny, proj)
+    train_ok(args, capsys)
+    kept = sorted(p.name for p in (proj / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000003", "step-00000004"]  # the newest and the one before it
+    trainer_pt = proj / "checkpoints" / "step-00000004" / "trainer.pt"
+    size = trainer_pt.stat().st_size
+    trainer_pt.write_bytes(os.urandom(size))
+    out, err = train_ok(args, capsys)
+    assert "warning: checkpoints/step-00000004 is damaged: trainer.pt is not the file that was written" in err
+    assert "resuming checkpoints/step-00000003 (step 3" in out and (proj / "adapter-final.pth").is_file()
+    assert [int(line.split(",")[0]) for line in (proj / "metrics.csv").read_text().splitlines()[1:]] == [1, 2, 3, 4]
+
+    with open(trainer_pt, "r+b") as handle:  # the newest again, truncated this time
+        handle.truncate(size // 2)
+    _, err = train_ok(args, capsys)
+    assert f"trainer.pt holds {size // 2} bytes, {size} were written" in err
+    for step in ("step-00000003", "step-00000004"):
+        (proj / "checkpoints" / step / "trainer.pt").unlink()
+    expect_error(args, capsys, "trainer.pt is missing", "no intact earlier checkpoint", "--fresh")
+
+
+def test_missing_deepspeed_shard_falls_back_to_the_checkpoint_before(tmp_path):
+    from src.train.resume import ResumePoint, folder_manifest, read_resume_point, write_point
+
+    for step in (1, 2):
+        folder = tmp_path / "checkpoints" / f"step-{step:08d}"
+        (folder / "ds").mkdir(parents=True)
+        for name in ("mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+            (folder / "ds" / name).write_bytes(os.urandom(1000 + step))
+        write_point(tmp_path, ResumePoint(f"step-{step:08d}", step, 0, step, 1, True, {},
+                                          manifest=folder_manifest(folder)))
+    (tmp_path / "checkpoints" / "step-00000002" / "ds" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt").unlink()
+    notes = []
+    point = read_resume_point(tmp_path, report=notes.append)
+    assert point.directory == "step-00000001"
+    assert notes == ["warning: checkpoints/step-00000002 is damaged: ds/bf16_zero_pp_rank_0_mp_rank_00_optim_states"
+                     ".pt is missing; resuming from checkpoints/step-00000001 (step 1), the complete checkpoint "
+                     "before it; the steps after it are trained again"]
+
+
+def test_setup_errors_of_the_adapter_come_before_the_data_and_the_weights(tiny, tmp_path, capsys):
+    base = ["--load_model", tiny / "base.pth", "--accelerator", "cpu", "--ctx_len", "16",
+            "--data_file", tmp_path / "not-read-yet.jsonl", "--data_type", "jsonl", "--proj_dir", tmp_path / "run"]
+    expect_error(base + ["--peft", "bone", "--bone_b", "48"], capsys, "b=48 must divide", "blocks.0.att.receptance")
+    expect_error(base + ["--peft", "lora", "--peft_targets", "nothing"], capsys,
+                 "adapter targets ['nothing'] match no module")
+    expect_error(base + ["--peft", "lora", "--train_parts", "zzz"], capsys, "train parts ['zzz'] match no parameter")
+    expect_error(base + ["--peft", "none", "--train_parts", "time"], capsys, "--peft none already trains every weight")
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_prompts_beyond_ctx_len_are_refused_before_training(tiny, tmp_path, capsys):
+    with open(tmp_path / "sft.jsonl", "w", encoding="utf-8") as handle:
+        for i in range(4):
+            handle.write(json.dumps({"query": f"question {i} " + "words " * 10, "response": "answer"}) + "\n")
+    expect_error(["--peft", "lora", "--load_model", tiny / "base.pth", "--data_file", tmp_path / "sft.jsonl",
+                  "--data_type", "sft", "--dataload", "pad", "--ctx_len", "16", "--accelerator", "cpu",
+                  "--proj_dir", tmp_path / "run"], capsys,
+                 "all 4 samples have no supervised token within --ctx_len 16", "keeps them all")
+
+
+def test_ctrl_c_exits_130_and_keeps_the_latest_checkpoint(tiny, tmp_path, capsys, in_process_training):
+    import signal
+
+    from pytorch_lightning.callbacks import Callback
+
+    from src.train.launch import plan_from_argv, run_plan
+
+    class CtrlCAtStep3(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if pl_module.optimizer_step_count == 2:
+                raise KeyboardInterrupt
+
+    handler = signal.getsignal(signal.SIGINT)  # Lightning ignores SIGINT after a Ctrl-C: give it back
+    try:
+        _, plan, _ = plan_from_argv([str(a) for a in tiny_run_args(tiny, tmp_path / "run")])
+        status = run_plan(plan, extra_callbacks=[CtrlCAtStep3()])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err
+    assert status == 130
+    assert ("interrupted by Ctrl-C (SIGINT) at optimizer step 2; the checkpoint of that step is saved: "
+            f"{tmp_path / 'run' / 'checkpoints' / 'step-00000002'}") in err.strip().splitlines()[-1]
+    assert json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())["step"] == 2
+
+
+def test_after_a_non_finite_loss_with_no_known_good_checkpoint_only_fresh_helps(tmp_path):
+    from src.train.launch import go_back_to_good_checkpoint
+    from src.train.resume import ResumePoint, folder_manifest, write_point
+
+    assert "no checkpoint had been written yet" in go_back_to_good_checkpoint(tmp_path, rank_zero=True)
+    folder = tmp_path / "checkpoints" / "step-00000001"
+    folder.mkdir(parents=True)
+    (folder / "trainer.pt").write_bytes(b"x" * 10)
+    write_point(tmp_path, ResumePoint("step-00000001", 1, 0, 1, 1, False, {}, manifest=folder_manifest(folder),
+                                      weights_finite=True))  # written, but the loss after it was not finite
+    message = go_back_to_good_checkpoint(tmp_path, rank_zero=True)
+    assert "no checkpoint is known good" in message and "checkpoint step 1 was written from weights that led to it"\
+        in message and "Only --fresh helps now" in message
+    assert folder.is_dir()  # nothing is removed when there is nothing good to go back to

@@ -490,3 +490,48 @@ def test_config_errors(tmp_path, byte_tok):
         build_dataset(DataConfig(plain, ctx_len=4, loss_mask="qa"), None, vocab_size=256)
     with pytest.raises(ValueError, match="is tokenized on load: pass a tokenizer"):
         build_dataset(DataConfig(plain, data_type="jsonl"), None, vocab_size=256)
+
+
+def test_binidx_from_two_conversions_and_a_header_cut_short(tmp_path):
+    prefix = write_binidx(str(tmp_path / "a"), [[1, 2, 3], [4, 5]], 256)
+    other = write_binidx(str(tmp_path / "b"), [[1, 2, 3], [4, 5], [6, 7, 8, 9]], 256)
+    os.replace(other + ".bin", prefix + ".bin")  # a longer .bin from another conversion beside a's index
+    with pytest.raises(ValueError, match=r"a.bin holds 24 bytes but its index describes 14 \(7 uint16 tokens\): "
+                                         r"the .bin and .idx come from different conversions"):
+        BinIdxReader(prefix)
+    write_binidx(prefix, [[1, 2, 3], [4, 5]], 256)
+    full = open(prefix + ".idx", "rb").read()
+    for cut in (0, 5, 20):
+        with open(prefix + ".idx", "wb") as handle:
+            handle.write(full[:cut])
+        with pytest.raises(ValueError, match=f"holds {cut} bytes, fewer than the 34-byte header.*truncated"):
+            BinIdxReader(prefix)
+
+
+def test_non_utf8_jsonl_names_the_file_and_line(tmp_path, byte_tok):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=r"latin1.jsonl line 2 is not UTF-8 \(byte 0xe9 at byte column 14\)"):
+        build_dataset(DataConfig(str(path), data_type="jsonl", ctx_len=4), byte_tok)
+    array = tmp_path / "array.json"
+    array.write_bytes(b'[{"query": "a", "response": "b"},\n {"query": "\xff", "response": "c"}]')
+    with pytest.raises(ValueError, match=r"array.json line 2 is not UTF-8 \(byte 0xff"):
+        build_dataset(DataConfig(str(array), data_type="sft", ctx_len=4), byte_tok)
+
+
+def test_sft_prompts_longer_than_ctx_len_are_refused_with_the_ctx_len_that_fits(tmp_path, byte_tok):
+    records = [{"query": "q" * n, "response": "yes"} for n in (30, 40, 50)]
+    path = write_jsonl(tmp_path / "long.jsonl", records)
+    prompt_tokens = [len(render_sft_prompt("q" * n).encode()) for n in (30, 40, 50)]
+    needed = max(prompt_tokens)  # the first reply token is target number len(prompt)
+    with pytest.raises(ValueError, match=rf"all 3 samples have no supervised token within --ctx_len 16 .*"
+                                         rf"--ctx_len {needed} keeps them all \({min(prompt_tokens)} keeps"):
+        build_dataset(DataConfig(path, data_type="sft", dataload="pad", loss_mask="qa", ctx_len=16), byte_tok)
+    fits_some = build_dataset(DataConfig(path, data_type="sft", dataload="pad", loss_mask="qa",
+                                         ctx_len=prompt_tokens[1]), byte_tok)
+    assert (fits_some.unsupervised_docs, fits_some.ctx_len_keeping_all) == (1, needed)
+    fits_all = build_dataset(DataConfig(path, data_type="sft", dataload="pad", loss_mask="qa", ctx_len=needed),
+                             byte_tok)
+    assert fits_all.unsupervised_docs == 0
+    fits_all.set_epoch(0)
+    assert all(float(fits_all[i]["loss_mask"].sum()) >= 1 for i in range(len(fits_all)))

@@ -25,7 +25,8 @@ import pytest
 import torch
 
 import src.eval.math as eval_cli
-from src.checkpoint import save_official
+from src.checkpoint.io import load_rwkv
+from src.checkpoint.io import save_official
 from src.data import get_tokenizer
 from src.eval.decode import DecodeConfig, greedy_generate, prefill, template_stop_strings
 from src.merge import merge_files
@@ -247,7 +248,7 @@ def gsm8k_case(tmp_path_factory):
 
 
 def test_chain_model_writes_its_chain(gsm8k_case):
-    model = RWKV6.from_checkpoint(gsm8k_case / "chain.pth", wkv_op="torch")
+    model = load_rwkv(gsm8k_case / "chain.pth", wkv_op="torch")
     tokenizer = get_tokenizer("byte")
     prompt = tokenizer.encode("User: anything\n\nAssistant:")
     assert stepwise_greedy(model, prompt, 3) == [ord(" "), ord("7"), 0]
@@ -300,7 +301,7 @@ def test_cli_base_plus_adapter_equals_merged_file(tmp_path, capsys):
     # random base and a Bone adapter with random values: in-memory merge and src.merge's file must answer alike
     base = tmp_path / "base.pth"
     write_random_checkpoint(base, n_layer=2, n_embd=64, vocab_size=256, seed=9)
-    model = RWKV6.from_checkpoint(base, wkv_op="torch")
+    model = load_rwkv(base, wkv_op="torch")
     apply_peft(model, BoneConfig(b=16))
     generator = torch.Generator().manual_seed(4)
     with torch.no_grad():
@@ -351,6 +352,113 @@ def test_module_entry_point_and_launchers(gsm8k_case):
     assert completed.returncode == 0, completed.stderr
     summary = parse_summary(completed.stdout)
     assert (summary["correct"], summary["total"]) == (3, 5)
-    for script in ("eval_gsm8k.sh", "eval_math.sh"):
+    for script in ("eval.sh",):  # FORMAT=gsm8k|math
         checked = subprocess.run(["bash", "-n", os.path.join(ROOT, "scripts", script)], capture_output=True, text=True)
         assert checked.returncode == 0, checked.stderr
+
+
+# ---------------------------------------------------------------------------------- inputs, outputs, bad values
+@pytest.fixture(scope="module")
+def merge_case(tmp_path_factory):
+    """A random base and a Bone adapter with random values, as the files merge and the evaluator read."""
+    folder = tmp_path_factory.mktemp("merge_case")
+    base = folder / "base.pth"
+    write_random_checkpoint(base, n_layer=2, n_embd=64, vocab_size=256, seed=9)
+    model = load_rwkv(base, wkv_op="torch")
+    apply_peft(model, BoneConfig(b=16))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.fill_(0.01)
+    adapter = save_adapter(model, folder / "adapter.pth")
+    write_jsonl(folder / "gsm8k.jsonl", GSM8K_ITEMS[:2])
+    return folder, base, adapter
+
+
+def run_merge(argv, capsys):
+    from src.merge import main as merge_main
+
+    status = merge_main([str(a) for a in argv])
+    return status, capsys.readouterr().err
+
+
+def test_merge_refuses_an_output_that_is_an_input(merge_case, capsys):
+    folder, base, adapter = merge_case
+    before = {path: path.read_bytes() for path in (base, adapter)}
+    os.link(base, folder / "base-hardlink.pth")
+    os.symlink(adapter, folder / "adapter-symlink.pth")
+    for output, flag in [(base, "--base"), (adapter, "--adapter"), (folder / "base-hardlink.pth", "--base"),
+                         (folder / "adapter-symlink.pth", "--adapter")]:
+        status, err = run_merge(["--base", base, "--adapter", adapter, "--output", output], capsys)
+        assert status == 2, err
+        assert err.startswith("merge failed: --output") and flag in err and "would destroy the input" in err
+    (folder / "a-folder.pth").mkdir()
+    status, err = run_merge(["--base", base, "--adapter", adapter, "--output", folder / "a-folder.pth"], capsys)
+    assert status == 2 and "is an existing directory" in err and "Traceback" not in err
+    assert {path: path.read_bytes() for path in (base, adapter)} == before
+
+
+def test_non_finite_weights_are_refused_naming_the_tensor(merge_case, tmp_path, capsys):
+    folder, base, adapter = merge_case
+    broken = dict(torch.load(base, weights_only=True))
+    broken["blocks.1.att.key.weight"] = broken["blocks.1.att.key.weight"].clone()
+    broken["blocks.1.att.key.weight"][0, 3] = float("nan")
+    torch.save(broken, tmp_path / "nan-base.pth")
+    payload = torch.load(adapter, weights_only=True)
+    name = next(iter(payload["tensors"]))
+    payload["tensors"][name] = payload["tensors"][name].clone().fill_(float("inf"))
+    torch.save(payload, tmp_path / "inf-adapter.pth")
+    huge = dict(torch.load(base, weights_only=True))
+    huge["emb.weight"] = huge["emb.weight"] * 1e30  # finite in fp32, beyond fp16
+    torch.save(huge, tmp_path / "huge-base.pth")
+
+    status, err = run_merge(["--base", tmp_path / "nan-base.pth", "--adapter", adapter, "--output",
+                             tmp_path / "m.pth"], capsys)
+    assert status == 2 and "tensor blocks.1.att.key.weight holds 1 non-finite value" in err
+    status, err = run_merge(["--base", base, "--adapter", tmp_path / "inf-adapter.pth", "--output",
+                             tmp_path / "m.pth"], capsys)
+    assert status == 2 and f"--adapter {tmp_path / 'inf-adapter.pth'}: tensor {name} holds" in err
+    status, err = run_merge(["--base", tmp_path / "huge-base.pth", "--adapter", adapter, "--output",
+                             tmp_path / "m.pth", "--dtype", "fp16"], capsys)
+    assert status == 2 and "the merged model" in err and "tensor emb.weight" in err
+    assert not (tmp_path / "m.pth").exists()
+
+    common = ["--data", str(folder / "gsm8k.jsonl"), "--format", "gsm8k", "--tokenizer", "byte", "--wkv_op", "torch",
+              "--device", "cpu", "--max_new_tokens", "4"]
+    assert eval_cli.main(["--model", str(tmp_path / "nan-base.pth")] + common) == 2
+    assert "tensor blocks.1.att.key.weight holds 1 non-finite value" in capsys.readouterr().err
+    assert eval_cli.main(["--base", str(base), "--adapter", str(tmp_path / "inf-adapter.pth")] + common) == 2
+    assert f"tensor {name} holds" in capsys.readouterr().err
+
+
+def test_eval_refuses_overwriting_inputs_and_a_zero_token_limit(merge_case, capsys):
+    folder, base, adapter = merge_case
+    data = folder / "gsm8k.jsonl"
+    before = {path: path.read_bytes() for path in (base, adapter, data)}
+    common = ["--format", "gsm8k", "--tokenizer", "byte", "--wkv_op", "torch", "--device", "cpu",
+              "--max_new_tokens", "4"]
+    os.link(data, folder / "data-link.jsonl")
+    for source, out, flag in [(["--model", base], data, "--data"), (["--model", base], base, "--model"),
+                              (["--base", base, "--adapter", adapter], adapter, "--adapter"),
+                              (["--base", base, "--adapter", adapter], base, "--base"),
+                              (["--model", base], folder / "data-link.jsonl", "--data")]:
+        status = eval_cli.main([str(a) for a in source] + ["--data", str(data), "--out", str(out)] + common)
+        err = capsys.readouterr().err
+        assert status == 2 and "evaluation failed: --out" in err and flag in err and "destroy the input" in err
+    assert eval_cli.main(["--model", str(base), "--data", str(data), "--out", str(folder)] + common) == 2
+    assert "is an existing directory" in capsys.readouterr().err
+    for limit in ("0", "-3"):
+        assert eval_cli.main(["--model", str(base), "--data", str(data)] + common + ["--max_new_tokens", limit]) == 2
+        assert f"--max_new_tokens must be a positive number of tokens, got {limit}" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in (base, adapter, data)} == before
+
+
+def test_eval_names_the_line_of_a_non_utf8_byte(merge_case, tmp_path, capsys):
+    folder, base, _ = merge_case
+    lines = [json.dumps(item).encode() for item in GSM8K_ITEMS[:3]]
+    lines[1] = lines[1].replace(b"What", b"Wh\xe4t")  # latin-1, not UTF-8
+    (tmp_path / "latin1.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    assert eval_cli.main(["--model", str(base), "--data", str(tmp_path / "latin1.jsonl"), "--format", "gsm8k",
+                          "--tokenizer", "byte", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'latin1.jsonl'} line 2: byte 0xe4 at column" in err and "not UTF-8" in err

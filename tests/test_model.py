@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from src.checkpoint import infer_config, load_rwkv_state_dict, save_atomic
+from src.checkpoint.files import save_atomic
+from src.checkpoint.io import load_rwkv, read_checkpoint
 from src.model import RWKV6, RWKV6Config, concat_states, select_state
 from tests.rwkv_fixtures import random_rwkv6, rwkv_package_model, write_random_checkpoint
 
@@ -23,7 +24,7 @@ def test_logits_match_rwkv_package(tmp_path, shape):
     reference = rwkv_package_model(path)
     expected, _ = reference.forward(tokens, None, full_output=True)
 
-    model = RWKV6.from_checkpoint(path, wkv_op="torch", dtype=torch.float32).eval()
+    model = load_rwkv(path, wkv_op="torch", dtype=torch.float32).eval()
     assert model.config.dim_maa_lora == shape["dim_maa_lora"]
     assert model.config.dim_decay_lora == shape["dim_decay_lora"]
     with torch.no_grad():
@@ -82,7 +83,7 @@ def test_official_init_values():
 def test_config_inferred_from_tensors(tmp_path):
     path = tmp_path / "RWKV-x060-World-7B-misleading-name.pth"
     write_random_checkpoint(path, n_layer=2, n_embd=128, vocab_size=64, dim_ffn=448)
-    config = infer_config(load_rwkv_state_dict(path))
+    config = RWKV6Config.from_state_dict(read_checkpoint(path))
     assert (config.n_layer, config.n_embd, config.vocab_size, config.dim_ffn) == (2, 128, 64, 448)
     assert (config.dim_maa_lora, config.dim_decay_lora, config.head_size) == (32, 64, 64)
 
@@ -95,20 +96,19 @@ def _checkpoint(tmp_path, **kwargs):
 
 def test_error_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found.*RWKV-x060"):
-        RWKV6.from_checkpoint(tmp_path / "nope.pth", wkv_op="torch")
+        load_rwkv(tmp_path / "nope.pth", wkv_op="torch")
 
 
 def test_error_not_a_checkpoint(tmp_path):
     path = tmp_path / "junk.pth"
     path.write_bytes(b"this is not a checkpoint")
     with pytest.raises(ValueError, match="not a PyTorch checkpoint"):
-        RWKV6.from_checkpoint(path, wkv_op="torch")
+        load_rwkv(path, wkv_op="torch")
 
 
 @pytest.mark.parametrize(
     "keys,name",
     [
-        ({"blocks.0.att.x_r": 1, "blocks.0.att.w0": 1}, "RWKV-7"),
         ({"blocks.0.att.time_mix_k": 1, "blocks.0.att.ln_x.weight": 1}, "RWKV-5"),
         ({"blocks.0.att.time_mix_k": 1, "blocks.0.att.time_first": 1}, "RWKV-4"),
     ],
@@ -117,7 +117,15 @@ def test_error_other_rwkv_version(tmp_path, keys, name):
     path = tmp_path / "other.pth"
     save_atomic({k: torch.zeros(v) for k, v in keys.items()} | {"emb.weight": torch.zeros(4, 4)}, path)
     with pytest.raises(ValueError, match=f"{name}.*RWKV6 \\(x060\\) only"):
-        RWKV6.from_checkpoint(path, wkv_op="torch")
+        load_rwkv(path, wkv_op="torch")
+
+
+def test_a_partial_rwkv7_file_is_read_as_rwkv7_and_refused_by_its_missing_key(tmp_path):
+    path = tmp_path / "x070.pth"
+    save_atomic({"blocks.0.att.x_r": torch.zeros(1), "blocks.0.att.w0": torch.zeros(1),
+                 "emb.weight": torch.zeros(4, 4)}, path)
+    with pytest.raises(ValueError, match="missing 'blocks.0.att.r_k'.*RWKV-7"):
+        load_rwkv(path, wkv_op="torch")
 
 
 def test_error_missing_and_unexpected_keys(tmp_path):
@@ -126,7 +134,7 @@ def test_error_missing_and_unexpected_keys(tmp_path):
     sd["blocks.1.att.gate.bone"] = torch.zeros(1, 64, 64)
     save_atomic(sd, path)
     with pytest.raises(ValueError, match="missing keys.*blocks.1.att.gate.weight.*unexpected keys.*gate.bone"):
-        RWKV6.from_checkpoint(path, wkv_op="torch")
+        load_rwkv(path, wkv_op="torch")
 
 
 def test_error_inconsistent_shapes(tmp_path):
@@ -134,11 +142,11 @@ def test_error_inconsistent_shapes(tmp_path):
     sd["blocks.1.ffn.value.weight"] = torch.zeros(64, 100)
     save_atomic(sd, path)
     with pytest.raises(ValueError, match=r"inconsistent shapes.*blocks.1.ffn.value.weight: file \(64, 100\)"):
-        RWKV6.from_checkpoint(path, wkv_op="torch")
+        load_rwkv(path, wkv_op="torch")
 
 
 def test_error_training_checkpoint(tmp_path):
     path = tmp_path / "train.ckpt"
     save_atomic({"state_dict": {"emb.weight": torch.zeros(2, 2)}, "global_step": 3}, path)
     with pytest.raises(ValueError, match="training checkpoint"):
-        RWKV6.from_checkpoint(path, wkv_op="torch")
+        load_rwkv(path, wkv_op="torch")

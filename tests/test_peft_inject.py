@@ -17,7 +17,7 @@ from src.peft import (
     peft_summary,
     save_adapter,
 )
-from src.peft.lora import AdapterLinear
+from src.peft.base import AdapterLinear
 
 
 class TimeMixShapes(nn.Module):
@@ -312,7 +312,7 @@ def test_table2_counts_on_rwkv6_meta(n_layer, c, expected):
 
 
 def test_rwkv6_bone_zero_start_trains_merges_and_loads_in_rwkv_package(tmp_path):
-    from src.checkpoint import save_official
+    from src.checkpoint.io import save_official
     from tests.rwkv_fixtures import random_rwkv6, rwkv_package_model
 
     model = random_rwkv6(n_layer=2, n_embd=128, vocab_size=256, seed=4)

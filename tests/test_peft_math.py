@@ -47,7 +47,7 @@ def make_bone(grouping, form, impl, checkpoint, b, dtype=torch.float64, bias=Fal
     linear = nn.Linear(IN, OUT, bias=bias).to(dtype)
     module = BoneLinear(linear, BoneConfig(b=b, grouping=grouping, form=form, impl=impl, checkpoint=checkpoint))
     with torch.no_grad():
-        for p in module.adapter_params():
+        for p in module.adapter_tensors().values():
             p.normal_(0, 0.05)
     return module
 
@@ -87,7 +87,7 @@ def test_bone_matches_float64_formula(grouping, form, impl, checkpoint, b):
     module = make_bone(grouping, form, impl, checkpoint, b)
     assert module.impl == impl
     got, want = run_and_reference(
-        module, lambda m: m.adapter_params(),
+        module, lambda m: m.adapter_tensors().values(),
         lambda w, ts: w + reference_delta(w, ts, b, grouping, form))
     assert_close_all(got, want, rtol=1e-10, atol=1e-10)
 
@@ -96,7 +96,7 @@ def test_bone_matches_float64_formula(grouping, form, impl, checkpoint, b):
 def test_bone_fp32_with_bias_close_to_float64_formula(grouping, impl):
     module = make_bone(grouping, "affine", impl, False, 64, dtype=torch.float32, bias=True)
     got, want = run_and_reference(
-        module, lambda m: m.adapter_params(),
+        module, lambda m: m.adapter_tensors().values(),
         lambda w, ts: w + reference_delta(w, ts, 64, grouping, "affine"))
     assert_close_all(got, want, rtol=1e-4, atol=1e-4)
 
@@ -125,7 +125,7 @@ def test_zero_initialised_bone_is_the_base_layer_and_still_trains(grouping, form
     y = module(x)
     assert torch.equal(y, nn.functional.linear(x, linear.weight))
     y.square().sum().backward()
-    for p in module.adapter_params():
+    for p in module.adapter_tensors().values():
         assert p.grad is not None and p.grad.abs().max() > 0, "a zero-initialised adapter must get a gradient"
 
 
@@ -154,10 +154,10 @@ def test_checkpoint_keeps_no_weight_sized_tensor(grouping, form):
     assert weight_sized_saved_tensors(checkpointed, x) == []
     # the checkpointed gradients are the plain ones
     for m in (plain, checkpointed):
-        for p in m.adapter_params():
+        for p in m.adapter_tensors().values():
             p.grad = None
         m(x).square().sum().backward()
-    for p, q in zip(plain.adapter_params(), checkpointed.adapter_params()):
+    for p, q in zip(plain.adapter_tensors().values(), checkpointed.adapter_tensors().values()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from src.checkpoint.io import load_rwkv
 from src.data import DataConfig, build_dataset, get_tokenizer, render_sft_prompt
 from src.data.make_binidx import convert
 from src.model import RWKV6
@@ -35,8 +36,11 @@ def environment():
     return env
 
 
-def run_train(args, timeout=900):
-    result = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=ROOT, env=environment(),
+def run_train(args, timeout=900, observed=False):
+    """train.py with `args`; observed=True runs it through tests/train_observed.py, which also saves each rank's
+    final trainable tensors as PROJ_DIR/rank{R}-trainable.pt."""
+    command = [sys.executable, "-m", "tests.train_observed"] if observed else [sys.executable, str(ROOT / "train.py")]
+    result = subprocess.run([*command, *map(str, args)], cwd=ROOT, env=environment(),
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"train.py failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     return result
@@ -74,7 +78,7 @@ def assert_loss_went_down(rows):
 
 def reload_adapter(base, path):
     """A fresh base model with the saved adapter applied by load_adapter."""
-    model = RWKV6.from_checkpoint(base, wkv_op="torch")
+    model = load_rwkv(base, wkv_op="torch")
     meta = load_adapter(model, path)
     return model, meta
 
@@ -94,8 +98,8 @@ def test_bone_deepspeed_stage2_one_process_binidx(tiny, tmp_path):
         "--peft", "bone", "--bone_b", "16", "--bone_impl", "materialize", "--grad_cp", "bone", "--load_model", tiny / "base.pth",
         "--data_file", tiny / "text", "--data_type", "binidx", "--epoch_steps", "10", "--epoch_count", "2",
         "--epoch_save", "1", "--lr_init", "2e-2", "--lr_final", "5e-3", "--strategy", "deepspeed_stage_2",
-        "--proj_dir", proj, "--dump_rank_state", *COMMON,
-    ])
+        "--proj_dir", proj, *COMMON,
+    ], observed=True)
     assert "deepspeed_stage_2" in result.stdout
     rows = metric_rows(proj)
     assert [int(r["step"]) for r in rows] == list(range(1, 21))
@@ -114,7 +118,7 @@ def test_bone_deepspeed_stage2_one_process_binidx(tiny, tmp_path):
     assert set(loaded) == set(live) and len(loaded) == 16
     for name, tensor in live.items():
         assert torch.equal(loaded[name], tensor), name
-    base = RWKV6.from_checkpoint(tiny / "base.pth", wkv_op="torch")
+    base = load_rwkv(tiny / "base.pth", wkv_op="torch")
     ids = torch.tensor([list(b"the cat sat on the mat")])
     with torch.no_grad():
         assert not torch.allclose(model(ids), base(ids)), "the loaded adapter changes nothing"
@@ -126,8 +130,8 @@ def test_bone_deepspeed_stage2_two_processes_sft_identical_adapters(tiny, tmp_pa
         "--peft", "bone", "--bone_b", "16", "--load_model", tiny / "base.pth", "--data_file", tiny / "sft.jsonl",
         "--data_type", "sft", "--epoch_steps", "8", "--epoch_count", "2", "--epoch_save", "0",
         "--lr_init", "2e-2", "--lr_final", "5e-3", "--strategy", "deepspeed_stage_2", "--devices", "2",
-        "--proj_dir", proj, "--dump_rank_state", *COMMON,
-    ])
+        "--proj_dir", proj, *COMMON,
+    ], observed=True)
     assert "x 2 process(es)" in result.stdout and "2 device(s) x 1 node(s)" in result.stdout and "loss_mask qa" in result.stdout
     rank0 = torch.load(proj / "rank0-trainable.pt", weights_only=True)
     rank1 = torch.load(proj / "rank1-trainable.pt", weights_only=True)
@@ -182,7 +186,7 @@ def test_full_finetune_of_new_model_saves_official_checkpoint(tiny, tmp_path):
     assert_outputs_written(proj, result.stdout, "rwkv-final.pth")
     assert sorted(p.name for p in proj.glob("rwkv-*.pth")) == ["rwkv-0.pth", "rwkv-2.pth", "rwkv-final.pth"]
 
-    trained = RWKV6.from_checkpoint(proj / "rwkv-final.pth", wkv_op="torch")  # strict: every key and shape
+    trained = load_rwkv(proj / "rwkv-final.pth", wkv_op="torch")  # strict: every key and shape
     fresh = RWKV6(trained.config).init_weights(seed=0)
     assert set(trained.state_dict()) == set(fresh.state_dict())
     changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])]
@@ -276,9 +280,9 @@ def test_optimizer_groups_follow_rwkv_rules():
     assert len(flat) == 1 and len(flat[0]["params"]) == 5
 
 
-def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+def test_non_finite_loss_goes_back_to_the_known_good_checkpoint(tiny, tmp_path, monkeypatch, capsys):
     import src.train.module as module
-    from src.train.run import main
+    from src.train.launch import main
 
     real = module.masked_cross_entropy
     calls = []
@@ -303,9 +307,57 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_last_checkpoint(tiny, t
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
-    assert status == 1
+    assert status == 3
     assert "loss became nan at optimizer step 3" in err
-    assert f"the last good checkpoint is {proj / 'checkpoints' / 'step-00000002'} (step 2)" in err
-    assert json.loads((proj / "checkpoints" / "latest.json").read_text())["step"] == 2
+    # Checkpoint 2 holds the weights the bad loss was computed from: the known-good one is step 1, whose weights
+    # gave step 2 a finite loss. The run goes back to it and says how to continue with other settings.
+    assert f"the last known-good checkpoint is {proj / 'checkpoints' / 'step-00000001'} (step 1" in err
+    assert "step-00000002" in err and "--change_on_resume lr_init,lr_final" in err
+    assert json.loads((proj / "checkpoints" / "latest.json").read_text())["step"] == 1
+    assert sorted(p.name for p in (proj / "checkpoints").glob("step-*")) == ["step-00000001"]
     assert not list(proj.glob("adapter-*.pth"))
     assert len(metric_rows(proj)) == 2
+
+    # The same command with a lower lr is refused without --change_on_resume, and continues from step 1 with it.
+    monkeypatch.setattr(module, "masked_cross_entropy", real)
+    again = ["--peft", "lora", "--lora_r", "4", "--load_model", str(tiny / "base.pth"), "--data_file",
+             str(tiny / "text"), "--epoch_steps", "6", "--epoch_count", "1", "--save_every_steps", "1",
+             "--strategy", "auto", "--proj_dir", str(proj), *COMMON, "--lr_init", "1e-4"]
+    try:
+        assert main(again) == 2
+        assert "lr_init: checkpoint 0.0006, now 0.0001" in capsys.readouterr().err
+        assert main(again + ["--change_on_resume", "lr_init"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "resuming checkpoints/step-00000001" in capsys.readouterr().out
+    assert [int(r["step"]) for r in metric_rows(proj)] == list(range(1, 7))
+    assert (proj / "adapter-final.pth").is_file()
+
+
+def test_metrics_history_survives_a_kill_during_the_resume_rewrite(tmp_path, monkeypatch):
+    """On resume metrics.csv is cut back to the checkpoint's step; the cut is written beside the file and renamed
+    over it, so a kill during the rewrite (here: before the rename) leaves the whole history."""
+    import types
+
+    import src.checkpoint.files as files
+    from src.train.metrics import ProgressTracker
+
+    header = "step,epoch,batch,loss,lr,tokens,kt_s,peak_mem_gb,elapsed_s\n"
+    rows = "".join(f"{s},0,{s},{5 - s / 10},0.001,{32 * s},1.0,0.5,{s}\n" for s in range(1, 9))
+    (tmp_path / "metrics.csv").write_text(header + rows)
+    trainer = types.SimpleNamespace(strategy=types.SimpleNamespace(root_device=torch.device("cpu")),
+                                    is_global_zero=True)
+    tracker = ProgressTracker(tmp_path, tokens_per_step=32, accumulate=1, resume_step=5, use_tensorboard=False)
+
+    def killed(*args):
+        raise KeyboardInterrupt("killed before the rename")
+
+    monkeypatch.setattr(files.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        tracker.on_train_start(trainer, None)
+    assert (tmp_path / "metrics.csv").read_text() == header + rows
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary file left behind
+    monkeypatch.undo()
+    tracker.on_train_start(trainer, None)
+    tracker.close()
+    assert [int(r["step"]) for r in metric_rows(tmp_path)] == [1, 2, 3, 4, 5]

@@ -235,17 +235,18 @@ def test_bad_input_raises_a_clear_value_error(change, message):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised where no CUDA GPU exists")
 def test_cuda_op_without_a_gpu_says_so_and_suggests_torch():
     (r, k, v, w, u), state = make_inputs(1, 5, 2, 4, dtype=torch.float32)
-    with pytest.raises(RuntimeError, match="not a CUDA GPU.*op='torch'"):
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*op='torch'"):
         wkv6(r, k, v, w, u, state, op="cuda")
     with pytest.raises(RuntimeError, match="op='torch'"):
         resolve_wkv_op("cuda", "cpu")
 
 
 def test_resolve_wkv_op(capsys):
-    assert resolve_wkv_op("auto", torch.device("cpu")) == "torch"
+    choice = resolve_wkv_op("auto", torch.device("cpu"))
+    assert choice.op == "torch" and "using 'torch'" in choice.note and "not a CUDA GPU" in choice.note
     captured = capsys.readouterr()
-    assert "using 'torch'" in captured.err and captured.out == ""  # stdout stays free for machine-read output
-    assert resolve_wkv_op("torch", "cpu") == "torch"
-    assert resolve_wkv_op("sequential", "cpu") == "sequential"
+    assert captured.out == captured.err == ""  # the caller reports the note; stdout stays machine-readable
+    assert resolve_wkv_op("torch", "cpu") == ("torch", "")
+    assert resolve_wkv_op("sequential", "cpu") == ("sequential", "")
     with pytest.raises(ValueError, match="unknown WKV op 'fast'"):
         resolve_wkv_op("fast", "cpu")

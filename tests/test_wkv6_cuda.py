@@ -137,13 +137,15 @@ def test_cuda_op_rejects_t_beyond_the_compiled_maximum():
 
 
 @pytest.mark.gpu
-def test_cuda_op_rejects_float64_and_auto_picks_cuda(capsys):
+def test_cuda_op_rejects_float64_and_auto_picks_cuda():
     rkvw, u, _ = make_cuda_inputs(1, 4, 1, torch.float64)
     with pytest.raises(ValueError, match="bf16 or fp32.*op='torch'"):
         wkv6(*rkvw, u, op="cuda")
-    assert resolve_wkv_op("auto", torch.device("cuda")) == "cuda"
-    assert "using 'cuda'" in capsys.readouterr().out
-    assert resolve_wkv_op("auto", torch.device("cpu")) == "torch"
+    for dtype in (torch.bfloat16, torch.float32):
+        choice = resolve_wkv_op("auto", torch.device("cuda"), head_size=64, dtype=dtype)
+        assert choice.op == "cuda" and "using 'cuda'" in choice.note, choice
+    assert resolve_wkv_op("auto", torch.device("cpu")).op == "torch"
+    assert resolve_wkv_op("auto", torch.device("cuda"), head_size=64, dtype=torch.float16).op == "torch"
 
 
 def test_cuda_settings_validate_max_t():

@@ -1,38 +1,44 @@
-"""Reading official RWKV checkpoints, inferring their shape, and writing files atomically.
+"""Reading official RWKV checkpoints into models, and writing models back in the official layout.
 
 Official RWKV `.pth` files are flat state dicts (`emb.weight`, `blocks.N.att....`, `head.weight`). The RWKV
 generation of a file is told by its keys, so a checkpoint of another generation is refused with its name
-instead of being half-loaded.
+instead of being half-loaded. Every entry point loads through `load_rwkv`, with a WKV op already chosen for the
+run's device (`src.ops.resolve_wkv_op`); shapes are the model package's business (`RWKV6Config.from_state_dict`).
+
+    checkpoint = read_checkpoint(path)                    # memory-mapped tensors, version checked
+    config = RWKV6Config.from_state_dict(checkpoint)      # shapes only: cheap
+    choice = resolve_wkv_op("auto", device, config.head_size, dtype)
+    model = load_rwkv(checkpoint, choice.op, dtype=dtype, device=device)
 """
 
-import re
 from pathlib import Path
 
 import torch
 
-from src.checkpoint.files import atomic_binary_file
-from src.model.rwkv6 import RWKV6Config
+from src.checkpoint.files import save_atomic
+from src.model import RWKV6, RWKV7, RWKV6Config, RWKV7Config
+from src.ops import resolve_wkv_op
+from src.ops.wkv7 import resolve_wkv7_op
 
 RWKV_HOWTO = (
     "RWKV6 checkpoints are named RWKV-x060-World-*.pth (e.g. from the Hugging Face repo BlinkDL/rwkv-6-world)"
 )
-
-
-def save_atomic(obj, path) -> Path:
-    """torch.save to `path` atomically (src/checkpoint/files.py): never a truncated checkpoint."""
-    with atomic_binary_file(path) as handle:
-        torch.save(obj, handle)
-    return Path(path)
+ADAPTER_KEY_ENDINGS = (".bone", ".lora_A", ".lora_B", ".lora_a", ".lora_b", ".disha", ".miss_block")
+_VERSION_NAMES = {"x052": "RWKV-5 (x052, Eagle)", "v4": "RWKV-4"}
+SUPPORTED_VERSIONS = ("x060", "x070")  # RWKV6 and RWKV-7: loaded as RWKV6 / RWKV7
+# Keys only the pre-release x070 had (it also has x060-like time_maa_*): dispatched to RWKV7, which refuses it.
+_PRE_RELEASE_X070 = ("att.time_aaaaa", "att.time_misc_kkk", "att.time_misc_a", "att.mv_w1", "att.time_maa_a")
 
 
 def detect_rwkv_version(state_dict: dict) -> str:
-    """'x060' for RWKV6; 'x070', 'x052', 'v4' for the other generations; 'unknown' otherwise."""
+    """'x060' for RWKV6, 'x070' for RWKV-7 (the pre-release x070 naming too, which RWKV7 refuses by name);
+    'x052', 'v4' for the older generations; 'unknown' otherwise."""
     keys = state_dict.keys()
 
     def has(suffix):
         return any(k.endswith(suffix) for k in keys)
 
-    if has("att.x_r") or has("att.w0") or has("att.a0"):
+    if has("att.x_r") or has("att.w0") or has("att.a0") or any(has(suffix) for suffix in _PRE_RELEASE_X070):
         return "x070"
     if has("att.time_maa_x") or has("att.time_maa_w1"):
         return "x060"
@@ -43,11 +49,22 @@ def detect_rwkv_version(state_dict: dict) -> str:
     return "unknown"
 
 
-_VERSION_NAMES = {"x070": "RWKV-7 (x070)", "x052": "RWKV-5 (x052, Eagle)", "v4": "RWKV-4"}
+def _not_model_weights(path: Path, content) -> str:
+    """Why `content` (a loaded file that is not a flat dict of tensors) is not a base model, and what to pass."""
+    if isinstance(content, dict) and "tensors" in content and "format" in content:
+        return (f"{path} is an adapter file ({content.get('format')}, method {content.get('method')!r}), not a base "
+                f"model: merge it first (python -m src.merge --base BASE.pth --adapter {path} --output MERGED.pth), "
+                f"or pass it with --adapter and the base .pth with --base")
+    if isinstance(content, dict) and ({"state_dict", "module"} & set(content)):
+        return (f"{path} is a training checkpoint (Lightning/DeepSpeed), not model weights: use the .pth written by "
+                f"train.py (adapter or full model) or an official RWKV6 release")
+    return f"{path} does not hold a flat dict of tensors as RWKV checkpoints do. {RWKV_HOWTO}."
 
 
-def load_rwkv_state_dict(path) -> dict:
-    """Load the tensors of an RWKV6 checkpoint on the CPU, refusing files that are not one (with the reason)."""
+def read_checkpoint(path) -> dict:
+    """The tensors of an RWKV6 (x060) or RWKV-7 (x070) checkpoint, memory-mapped on the CPU; files that are not
+    one are refused with the reason (another RWKV generation, an adapter file, a training checkpoint, not a torch
+    file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"RWKV checkpoint not found: {path}. {RWKV_HOWTO}.")
@@ -63,90 +80,63 @@ def load_rwkv_state_dict(path) -> dict:
             f"Pass the .pth file of an RWKV6 model; {RWKV_HOWTO}."
         ) from None
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        if isinstance(state_dict, dict) and "adapter" in state_dict:
-            raise ValueError(f"{path} is an adapter file, not a base model: pass it with --adapter, and the base .pth with --base/--load_model")
-        if isinstance(state_dict, dict) and ({"state_dict", "module"} & set(state_dict)):
-            raise ValueError(
-                f"{path} is a training checkpoint (Lightning/DeepSpeed), not model weights: use the .pth "
-                f"written by train.py (adapter or full model) or an official RWKV6 release"
-            )
-        raise ValueError(f"{path} does not hold a flat dict of tensors as RWKV checkpoints do. {RWKV_HOWTO}.")
+        raise ValueError(_not_model_weights(path, state_dict))
     version = detect_rwkv_version(state_dict)
-    if version != "x060":
-        if version in _VERSION_NAMES:
-            raise ValueError(
-                f"{path} is an {_VERSION_NAMES[version]} checkpoint; this trainer supports RWKV6 (x060) only. "
-                f"{RWKV_HOWTO}."
-            )
-        raise ValueError(f"{path} has no RWKV6 keys (e.g. blocks.0.att.time_maa_x): it is not an RWKV6 checkpoint. {RWKV_HOWTO}.")
-    return state_dict
+    if version in SUPPORTED_VERSIONS:
+        return state_dict
+    if version in _VERSION_NAMES:
+        raise ValueError(f"{path} is an {_VERSION_NAMES[version]} checkpoint; this trainer supports RWKV-7 (x070) "
+                         f"and RWKV6 (x060) only. {RWKV_HOWTO}.")
+    if any(k.endswith(ADAPTER_KEY_ENDINGS) for k in state_dict):
+        raise ValueError(f"{path} holds adapter tensors (e.g. {next(k for k in state_dict if k.endswith(ADAPTER_KEY_ENDINGS))}"
+                         f"), not a base model: pass it with --adapter and the base .pth with --base/--load_model")
+    raise ValueError(f"{path} has no RWKV6 keys (e.g. blocks.0.att.time_maa_x): it is not an RWKV6 checkpoint. "
+                     f"{RWKV_HOWTO}.")
 
 
-def _require(state_dict, key):
-    if key not in state_dict:
-        raise ValueError(f"checkpoint is missing '{key}', which every RWKV6 checkpoint has: the file is incomplete or not an official RWKV6 model")
-    return state_dict[key]
+def check_finite_tensors(tensors: dict, source: str) -> None:
+    """Refuse (ValueError) a dict of tensors holding NaN or infinity, naming the first such tensor, how many
+    values are bad and how many tensors are affected: a model served, merged or trained from such weights
+    produces NaN everywhere. Integer tensors are skipped; the check reads every value once."""
+    bad = []
+    for name, tensor in tensors.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.is_meta:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            bad.append((name, int(finite.numel() - finite.sum()), finite.numel()))
+    if bad:
+        name, count, numel = bad[0]
+        others = f" ({len(bad) - 1} more tensor(s) also, e.g. {bad[1][0]})" if len(bad) > 1 else ""
+        raise ValueError(f"{source}: tensor {name} holds {count} non-finite value(s) (NaN or inf) of {numel}"
+                         f"{others}; these weights are broken. Use a checkpoint written before the values "
+                         f"diverged, or re-download / re-train it")
 
 
-def infer_config(state_dict: dict) -> RWKV6Config:
-    """The model shape, read from tensor shapes alone (never from a file name), checked for consistency."""
-    emb = _require(state_dict, "emb.weight")
-    vocab_size, n_embd = emb.shape
-    layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-    if not layer_ids:
-        raise ValueError("checkpoint has no 'blocks.N.*' tensors: it is not an RWKV6 model")
-    n_layer = max(layer_ids) + 1
-    missing_layers = sorted(set(range(n_layer)) - layer_ids)
-    if missing_layers:
-        raise ValueError(f"checkpoint has blocks up to {n_layer - 1} but none for layers {missing_layers}: the file is incomplete")
-    n_head, head_size = _require(state_dict, "blocks.0.att.time_faaaa").shape
-    config = RWKV6Config(
-        n_layer=n_layer,
-        n_embd=n_embd,
-        vocab_size=vocab_size,
-        dim_ffn=_require(state_dict, "blocks.0.ffn.key.weight").shape[0],
-        head_size=head_size,
-        dim_maa_lora=_require(state_dict, "blocks.0.att.time_maa_w1").shape[1] // 5,
-        dim_decay_lora=_require(state_dict, "blocks.0.att.time_decay_w1").shape[1],
-    )
-    check_against_config(state_dict, config)
-    return config
+def load_rwkv(source, wkv_op: str, dtype=None, device=None):
+    """The model of a checkpoint (a path, or the dict `read_checkpoint` returned), loaded strictly.
+
+    `wkv_op` must already be chosen for the device the model will run on (`src.ops.resolve_wkv_op`): loading
+    never chooses it again. dtype None keeps the stored dtype; device None keeps the CPU.
+    """
+    state_dict = source if isinstance(source, dict) else read_checkpoint(source)
+    if detect_rwkv_version(state_dict) == "x070":  # an RWKV7; RWKV7.from_state_dict refuses wkv_op "cuda" for now
+        return RWKV7.from_state_dict(state_dict, wkv_op=wkv_op, dtype=dtype, device=device)
+    return RWKV6.from_state_dict(state_dict, wkv_op=wkv_op, dtype=dtype, device=device)
 
 
-def expected_shapes(config: RWKV6Config) -> dict:
-    """Every key of an RWKV6 checkpoint of this shape, with its tensor shape."""
-    from src.model.rwkv6 import RWKV6
-
-    with torch.device("meta"):
-        model = RWKV6(config)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-
-
-def check_against_config(state_dict: dict, config: RWKV6Config):
-    """Raise a ValueError listing missing keys, unexpected keys and wrong shapes, if any."""
-    expected = expected_shapes(config)
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [
-        f"{k}: file {tuple(state_dict[k].shape)}, expected {shape}"
-        for k, shape in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-    if unexpected:
-        problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''}")
-    if wrong:
-        problems.append(f"inconsistent shapes ({len(wrong)}): {'; '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''}")
-    if problems:
-        shape = f"L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size}"
-        raise ValueError(
-            f"checkpoint does not match an RWKV6 model of the shape its tensors imply ({shape}): "
-            + " | ".join(problems)
-            + ". The file is damaged, or it is not an official-layout RWKV6 checkpoint (merge adapters with "
-            "`python -m src.merge` before loading)."
-        )
+def load_for_inference(state_dict: dict, wkv_request: str, device, dtype, report=None):
+    """A model to serve from official-layout weights on `device`: the WKV op is chosen here, once, for that
+    device, the file's head size and `dtype` (`report` gets "auto"'s note), then the weights load with it, in
+    eval mode, without gradients."""
+    if detect_rwkv_version(state_dict) == "x070":  # RWKV-7 has its own op choice (no CUDA kernel yet)
+        config, resolve = RWKV7Config.from_state_dict(state_dict), resolve_wkv7_op
+    else:
+        config, resolve = RWKV6Config.from_state_dict(state_dict), resolve_wkv_op
+    choice = resolve(wkv_request, device, head_size=config.head_size, dtype=dtype)
+    if choice.note and report is not None:
+        report(choice.note)
+    return load_rwkv(state_dict, choice.op, dtype=dtype, device=device).eval().requires_grad_(False)
 
 
 def save_official(model, path, dtype=None) -> Path:

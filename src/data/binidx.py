@@ -15,13 +15,14 @@ import struct
 
 import numpy as np
 
+from src.data.tokenizer import EOD_ID
+
 INDEX_MAGIC = b"MMIDIDX\x00\x00"
 INDEX_VERSION = 1
 DTYPE_CODES = {
     1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float32, 7: np.float64, 8: np.uint16,
 }
 CODE_OF_DTYPE = {np.dtype(dtype): code for code, dtype in DTYPE_CODES.items()}
-EOD_ID = 0
 _MAKE_HINT = "make them from a jsonl file with `python -m src.data.make_binidx input.jsonl PREFIX`"
 
 
@@ -159,8 +160,12 @@ class BinIdxReader:
     def _read_index(self):
         with open(self.prefix + ".idx", "rb") as index:
             header = index.read(len(INDEX_MAGIC) + 8 + 1 + 8 + 8)
-        if len(header) < 34 or header[:9] != INDEX_MAGIC:
+        compared = min(len(header), len(INDEX_MAGIC))
+        if header[:compared] != INDEX_MAGIC[:compared]:
             raise self._corrupt("it does not start with the MMIDIDX magic bytes")
+        if len(header) < 34:
+            raise self._corrupt(f"it holds {len(header)} bytes, fewer than the 34-byte header (magic, version, "
+                                f"dtype, counts); it is truncated")
         (version,) = struct.unpack("<Q", header[9:17])
         (dtype_code,) = struct.unpack("<B", header[17:18])
         n_seqs, n_doc_idx = struct.unpack("<QQ", header[18:34])
@@ -185,10 +190,17 @@ class BinIdxReader:
         seq_ends = seq_starts + self.sizes
         self.num_tokens = int(seq_ends.max()) if n_seqs else 0
         needed_bytes = self.num_tokens * self.dtype.itemsize
-        if os.path.getsize(self.prefix + ".bin") < needed_bytes:
+        bin_bytes = os.path.getsize(self.prefix + ".bin")
+        if bin_bytes < needed_bytes:
             raise ValueError(
-                f"{self.prefix}.bin holds {os.path.getsize(self.prefix + '.bin')} bytes but its index refers to "
-                f"{needed_bytes}; the .bin file is truncated or belongs to another index ({_MAKE_HINT})"
+                f"{self.prefix}.bin holds {bin_bytes} bytes but its index refers to {needed_bytes}; the .bin file "
+                f"is truncated or belongs to another index ({_MAKE_HINT})"
+            )
+        if bin_bytes != needed_bytes:
+            raise ValueError(
+                f"{self.prefix}.bin holds {bin_bytes} bytes but its index describes {needed_bytes} "
+                f"({self.num_tokens} {self.dtype.name} tokens): the .bin and .idx come from different conversions; "
+                f"convert the data again so both are written together ({_MAKE_HINT})"
             )
         # Documents group consecutive sequences (doc_idx); files without a usable doc_idx are read as one
         # document per sequence, which is also what our writer and RWKV-LM's make_data.py produce.

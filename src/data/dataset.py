@@ -115,14 +115,31 @@ class InMemoryTokens:
         return int(self.doc_bounds.shape[0])
 
 
+def _decode_utf8(raw: bytes, path, line_number):
+    """raw decoded as UTF-8 (a leading byte-order mark dropped), or ValueError naming the file, line and byte."""
+    try:
+        return raw.decode("utf-8-sig" if line_number in (None, 1) else "utf-8")
+    except UnicodeDecodeError as exc:
+        if line_number is None:  # the whole file: count the lines before the bad byte
+            line_number = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        else:
+            column = exc.start + 1
+        raise ValueError(
+            f"{path} line {line_number} is not UTF-8 (byte 0x{raw[exc.start]:02x} at byte column {column}); "
+            f"save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) or fix that line"
+        ) from None
+
+
 def _iter_json_records(path):
     """Yield (location, record) from JSON Lines, or from one JSON array when the file starts with "["."""
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, "rb") as handle:
         head = handle.read(4096).lstrip()
         handle.seek(0)
-        if head.startswith("["):
+        if head.startswith(b"["):
+            raw = handle.read()
             try:
-                records = json.load(handle)
+                records = json.loads(_decode_utf8(raw, path, line_number=None))
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"{path} starts with '[' but is not valid JSON (line {exc.lineno}, column {exc.colno}: "
@@ -131,7 +148,8 @@ def _iter_json_records(path):
             for item_number, record in enumerate(records):
                 yield f"{path} item {item_number}", record
             return
-        for line_number, line in enumerate(handle, start=1):
+        for line_number, raw_line in enumerate(handle, start=1):
+            line = _decode_utf8(raw_line, path, line_number)
             if not line.strip():
                 continue
             try:
@@ -302,6 +320,8 @@ class TokenDataset(torch.utils.data.Dataset):
         self.skip_samples = 0
         lengths = stream.doc_bounds[:, 1] - stream.doc_bounds[:, 0]
         self.trainable_docs = np.flatnonzero(lengths >= 2)
+        self.unsupervised_docs = 0  # one-document samples whose reply starts beyond ctx_len (sft qa masks)
+        self.ctx_len_keeping_all = None  # the ctx_len that keeps every reply (when known)
         self._order_cache = (None, None)
 
     def set_epoch(self, epoch, skip_samples=0):
@@ -434,7 +454,36 @@ def build_dataset(cfg, tokenizer=None, vocab_size=None):
         )
     if cfg.loss_mask == "qa" and getattr(stream, "response_mask", None) is None:
         _check_assistant_cue(cfg, stream, tokenizer)
+    if cfg.loss_mask == "qa" and cfg.dataload != "get" and getattr(stream, "response_mask", None) is not None:
+        dataset.unsupervised_docs, dataset.ctx_len_keeping_all = _check_replies_fit(cfg, stream, dataset)
     return dataset
+
+
+def _check_replies_fit(cfg, stream, dataset):
+    """(documents whose reply starts beyond ctx_len, the ctx_len that keeps every reply) for one-document
+    samples ("pad"/"only") of sft data. A sample is cut to ctx_len+1 tokens, so a prompt of ctx_len tokens or
+    more leaves it no supervised target: an all-zero mask, trained on for nothing. All of them: ValueError."""
+    docs = dataset.trainable_docs
+    starts, ends = stream.doc_bounds[docs, 0], stream.doc_bounds[docs, 1]
+    replies = np.flatnonzero(stream.response_mask)  # stream positions of reply tokens
+    nxt = np.searchsorted(replies, starts + 1)  # the first reply token that is a target (position >= 1)
+    found = nxt < replies.size
+    first = replies[np.minimum(nxt, max(replies.size - 1, 0))] if replies.size else np.zeros_like(starts)
+    found &= first < ends
+    none = np.iinfo(np.int64).max
+    first_reply = np.where(found, first - starts, none)  # index in the document of its first reply target
+    supervised = first_reply[first_reply < none]
+    needed = int(supervised.max()) if supervised.size else None  # target index p needs ctx_len >= p
+    lost = int(np.count_nonzero(first_reply > cfg.ctx_len))
+    if lost == docs.size:
+        keep = (f"--ctx_len {needed} keeps them all ({int(supervised.min())} keeps the one with the shortest "
+                f"prompt)" if needed is not None else "no sample has a reply token at all; check --sft_field")
+        raise ValueError(
+            f"data {stream.prefix}: all {lost} samples have no supervised token within --ctx_len {cfg.ctx_len} "
+            f"(every prompt fills the {cfg.ctx_len} positions before its reply starts), so every loss mask "
+            f"would be all zero; {keep}"
+        )
+    return lost, needed
 
 
 def _check_assistant_cue(cfg, stream, tokenizer):

@@ -13,6 +13,11 @@ Each question is rendered with the training prompt template (--template, src.dat
 answered greedily (src/eval/decode.py). Printed: accuracy with its 95% Wilson score interval, and questions/s of
 the decoding. --out writes one JSON line per question: index, question, reference, generated, extracted,
 correct, finish_reason, generated_tokens.
+
+Refused before the model loads, with one `evaluation failed: ...` line and exit status 2: an --out that is one of
+the inputs (--data, --model, --base, --adapter; hard and symbolic links included) or a directory, a
+--max_new_tokens below 1, data that is not UTF-8 JSON (file and line named), and weights holding NaN or infinity
+(the tensor named). A crash exits with status 1.
 """
 import argparse
 import json
@@ -28,8 +33,13 @@ import torch
 from src.data import get_tokenizer, render_sft_prompt
 from src.eval.answers import FORMATS, answers_equal, extract_prediction, extract_reference
 from src.eval.decode import DecodeConfig, greedy_generate, template_stop_strings
-from src.model import RWKV6
-from src.peft import load_adapter, merge_peft
+from src.checkpoint.files import check_output_file, refuse_overwriting_inputs
+from src.checkpoint.io import check_finite_tensors, load_for_inference, read_checkpoint
+from src.data import EOD_ID
+from src.model import DTYPES
+from src.ops import WKV_REQUESTS
+from src.peft import read_adapter
+from src.peft.merged import serving_weights
 
 QUESTION_FIELDS = ("question", "problem", "query", "instruction")
 SOLUTION_FIELDS = {
@@ -37,7 +47,6 @@ SOLUTION_FIELDS = {
     "math": ("solution", "response", "output", "answer"),
 }
 DEFAULT_MAX_NEW_TOKENS = {"gsm8k": 512, "math": 2048}  # MetaMath's evaluation limits
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 Z_95 = 1.959963984540054  # standard normal quantile for a two-sided 95% interval
 
 
@@ -88,8 +97,15 @@ def _read_records(path) -> list:
     """[(line number, dict)] from a JSON Lines file or a file holding one JSON array."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"evaluation data file not found: {path}")
-    with open(path, "r", encoding="utf-8") as handle:
-        text = handle.read()
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise ValueError(f"{path} line {line}: byte 0x{raw[error.start]:02x} at column {column} is not UTF-8; "
+                         f"save the file as UTF-8") from None
     if text.lstrip().startswith("["):
         try:
             return [(index + 1, record) for index, record in enumerate(json.loads(text))]
@@ -143,23 +159,17 @@ def load_items(path, answer_format: str, limit: Optional[int] = None) -> list:
 
 def load_model(model_path=None, base_path=None, adapter_path=None, wkv_op="auto", device="cpu", dtype=None):
     """A merged RWKV6 (model_path), or a base with its adapter merged in memory (base_path + adapter_path), in
-    eval mode on `device` with `dtype` (None: as stored). The in-memory merge gives the same weights as
-    `python -m src.merge` followed by loading its output."""
-    if (model_path is None) == (base_path is None):
-        raise ValueError("give either --model MERGED.pth or --base BASE.pth --adapter ADAPTER, not both or neither")
-    if model_path is not None:
+    eval mode on `device` with `dtype` (None: fp32). The in-memory merge gives the same weights as
+    `python -m src.merge` followed by loading its output. Weights holding NaN or infinity are refused
+    (ValueError naming the tensor)."""
+    if base_path is not None and model_path is None:
+        check_finite_tensors(read_checkpoint(base_path), f"--base {base_path}")
         if adapter_path is not None:
-            raise ValueError("--adapter goes with --base (the unmerged base model), not with --model")
-        model = RWKV6.from_checkpoint(model_path, wkv_op=wkv_op, device=device)
-    else:
-        if adapter_path is None:
-            raise ValueError("--base needs --adapter ADAPTER (to evaluate a plain model, pass it as --model)")
-        model = RWKV6.from_checkpoint(base_path, wkv_op=wkv_op, device=device)
-        load_adapter(model, adapter_path)
-        merge_peft(model)
-    if dtype is not None:
-        model.to(dtype=dtype)
-    return model.eval().requires_grad_(False)
+            check_finite_tensors(read_adapter(adapter_path)["tensors"], f"--adapter {adapter_path}")
+    weights = serving_weights(model_path, base_path, adapter_path)
+    check_finite_tensors(weights, f"--model {model_path}" if model_path else "the merged model (--base + --adapter)")
+    return load_for_inference(weights, wkv_op, torch.device(device), dtype or torch.float32,
+                              report=lambda note: print(note, file=sys.stderr))
 
 
 def evaluate(model, tokenizer, items, answer_format: str, template: str, decode_config: DecodeConfig,
@@ -236,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{DEFAULT_MAX_NEW_TOKENS['math']} for math, as MetaMath)")
     parser.add_argument("--prefill_tokens", type=int, default=8192,
                         help="most prompt positions per forward call (bounds prompt-phase memory)")
-    parser.add_argument("--wkv_op", default="auto", choices=("auto", "torch", "cuda"))
+    parser.add_argument("--wkv_op", default="auto", choices=WKV_REQUESTS)
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--dtype", default=None, choices=sorted(DTYPES),
                         help="weights dtype (default: bf16 on cuda, fp32 on cpu)")
@@ -250,10 +260,17 @@ def main(argv=None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     try:
+        refuse_overwriting_inputs([("--out", args.out)], [("--data", args.data), ("--model", args.model),
+                                                          ("--base", args.base), ("--adapter", args.adapter)])
+        check_output_file("--out", args.out)
+        if args.max_new_tokens is not None and args.max_new_tokens < 1:
+            raise ValueError(f"--max_new_tokens must be a positive number of tokens, got {args.max_new_tokens} "
+                             f"(leave it out for MetaMath's limit: {DEFAULT_MAX_NEW_TOKENS[args.format]} for "
+                             f"{args.format})")
         decode_config = DecodeConfig(
             max_new_tokens=args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[args.format],
             batch_size=args.batch_size,
-            eod_id=0,
+            eod_id=EOD_ID,
             stop_strings=template_stop_strings(args.template),
             prefill_tokens=args.prefill_tokens,
         )

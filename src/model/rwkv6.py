@@ -13,7 +13,8 @@ The model knows nothing about adapters: PEFT code swaps its `nn.Linear` projecti
 """
 
 import math
-from dataclasses import dataclass, asdict
+import re
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -21,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from src.ops import wkv6
+from src.ops import WKV_OPS, wkv6
 
 # GroupNorm eps of ln_x in x060: 1e-5 * head_size_divisor**2 with the divisor fixed at 8.
 LN_X_EPS = 64e-5
@@ -55,8 +56,63 @@ class RWKV6Config:
     def n_head(self) -> int:
         return self.n_embd // self.head_size
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @classmethod
+    def from_state_dict(cls, state_dict: dict) -> "RWKV6Config":
+        """The shape of an official-layout RWKV6 state dict, read from tensor shapes alone (never from a file
+        name) and checked key by key (`check_state_dict`)."""
+        vocab_size, n_embd = _require(state_dict, "emb.weight").shape
+        layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
+        if not layer_ids:
+            raise ValueError("checkpoint has no 'blocks.N.*' tensors: it is not an RWKV6 model")
+        n_layer = max(layer_ids) + 1
+        missing_layers = sorted(set(range(n_layer)) - layer_ids)
+        if missing_layers:
+            raise ValueError(f"checkpoint has blocks up to {n_layer - 1} but none for layers {missing_layers}: "
+                             f"the file is incomplete")
+        n_head, head_size = _require(state_dict, "blocks.0.att.time_faaaa").shape
+        config = cls(
+            n_layer=n_layer,
+            n_embd=n_embd,
+            vocab_size=vocab_size,
+            dim_ffn=_require(state_dict, "blocks.0.ffn.key.weight").shape[0],
+            head_size=head_size,
+            dim_maa_lora=_require(state_dict, "blocks.0.att.time_maa_w1").shape[1] // 5,
+            dim_decay_lora=_require(state_dict, "blocks.0.att.time_decay_w1").shape[1],
+        )
+        check_state_dict(state_dict, config)
+        return config
+
+
+def _require(state_dict: dict, key: str):
+    if key not in state_dict:
+        raise ValueError(f"checkpoint is missing '{key}', which every RWKV6 checkpoint has: the file is incomplete "
+                         f"or not an official RWKV6 model")
+    return state_dict[key]
+
+
+def _listing(what: str, items: list, separator: str = ", ") -> str:
+    return f"{what} ({len(items)}): {separator.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+
+
+def check_state_dict(state_dict: dict, config: RWKV6Config) -> None:
+    """Raise a ValueError listing missing keys, unexpected keys and wrong shapes against an RWKV6 of `config`."""
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in RWKV6(config).state_dict().items()}
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong = [f"{k}: file {tuple(state_dict[k].shape)}, expected {shape}" for k, shape in expected.items()
+             if k in state_dict and tuple(state_dict[k].shape) != shape]
+    problems = [_listing(what, items, separator) for what, items, separator in
+                (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
+                 ("inconsistent shapes", wrong, "; ")) if items]
+    if problems:
+        shape = f"L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size}"
+        raise ValueError(
+            f"checkpoint does not match an RWKV6 model of the shape its tensors imply ({shape}): "
+            + " | ".join(problems)
+            + ". The file is damaged, or it is not an official-layout RWKV6 checkpoint (merge adapters with "
+            "`python -m src.merge` before loading)."
+        )
 
 
 def token_shift(x: torch.Tensor, last: Optional[torch.Tensor]) -> torch.Tensor:
@@ -168,17 +224,17 @@ class RWKV6(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
 
     @classmethod
-    def from_checkpoint(cls, path, wkv_op: str = "auto", dtype: Optional[torch.dtype] = None, device=None):
-        """Load an official RWKV6 `.pth`, its shape inferred from the tensors, strictly (every key, every shape).
+    def from_state_dict(cls, state_dict: dict, wkv_op: str, dtype: Optional[torch.dtype] = None, device=None):
+        """The model of an official-layout state dict, its shape read from the tensors, loaded strictly.
 
-        dtype None keeps the dtype stored in the file (bf16 for the official releases).
+        `wkv_op` is an op already chosen for the run's device (src.ops.resolve_wkv_op); it is stored, never
+        re-chosen. dtype None keeps the stored dtype (bf16 for the official releases).
         """
-        from src.checkpoint import load_rwkv_state_dict, infer_config
-        from src.ops import resolve_wkv_op
-
-        state_dict = load_rwkv_state_dict(path)
-        config = infer_config(state_dict)
-        config.wkv_op = resolve_wkv_op(wkv_op, torch.device(device) if device is not None else torch.device("cpu"))
+        if wkv_op not in WKV_OPS:
+            raise ValueError(f"wkv_op must be one of {', '.join(WKV_OPS)} (choose 'auto' with "
+                             f"src.ops.resolve_wkv_op before loading), got {wkv_op!r}")
+        config = RWKV6Config.from_state_dict(state_dict)
+        config.wkv_op = wkv_op
         with torch.device("meta"):
             model = cls(config)
         model.load_state_dict(state_dict, strict=True, assign=True)

@@ -16,16 +16,20 @@ Implementations (`op`):
 - "torch": chunked parallel PyTorch (src/ops/wkv6_torch.py), any device, fp32/bf16/fp64 inputs.
 - "cuda": our CUDA kernel (src/ops/wkv6_cuda.py, cuda/), CUDA tensors in bf16 or fp32, T up to a compiled maximum.
 - "sequential": a plain loop over time (src/ops/wkv6_sequential.py), the reference for tests.
+
+`resolve_wkv_op` turns a request ("auto", "cuda", ...) into one of these, once per run, for the run's device,
+head size and element type.
 """
-import sys
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 
+from src.ops.wkv6_cuda import cuda_unavailable_reason, kernel_limit_problem, load_wkv6_extension, wkv6_cuda
 from src.ops.wkv6_sequential import wkv6_sequential
 from src.ops.wkv6_torch import wkv6_torch
 
 WKV_OPS = ("torch", "cuda", "sequential")
+WKV_REQUESTS = ("auto", "torch", "cuda")  # what a user may ask for; "sequential" is the tests' reference
 
 
 def _check_inputs(r, k, v, w, u, state) -> None:
@@ -94,37 +98,41 @@ def wkv6(
     if op == "sequential":
         return wkv6_sequential(r, k, v, w, u, state)
     if op == "cuda":
-        from src.ops.wkv6_cuda import wkv6_cuda
-
         return wkv6_cuda(r, k, v, w, u, state)
     raise ValueError(f"wkv6: unknown op {op!r}; choose one of {', '.join(WKV_OPS)} (or resolve 'auto' first)")
 
 
-def resolve_wkv_op(name: str, device) -> str:
-    """Turn an op request into the op to run on `device`: "auto" -> "cuda" where it can run, else "torch".
+class WkvChoice(NamedTuple):
+    """The op to run and, when it is not the one asked for or "auto" had to choose, one line saying why."""
 
-    "cuda" can run when `device` is a CUDA device, torch has CUDA, and the extension builds (nvcc and ninja
-    present; the build is cached, so this is fast after the first time). "auto" says on stderr which op it picked.
-    "cuda" asked for where it cannot run raises RuntimeError saying why. "torch" and "sequential" pass through.
+    op: str
+    note: str = ""
+
+
+def resolve_wkv_op(name: str, device, head_size: int = 64, dtype: torch.dtype = torch.bfloat16) -> WkvChoice:
+    """Choose the op for a run on `device` with this head size and element type, once, before weights load.
+
+    "auto" -> "cuda" where our kernel can run (a CUDA device, nvcc and ninja, the kernel's limits, and the build
+    for exactly this head size and dtype succeeds), else "torch", with a note saying which and why. "cuda" asked
+    for where it cannot run raises RuntimeError naming the missing piece. "torch" and "sequential" pass through.
+    Loading a model takes the chosen op and never chooses again.
     """
     device = torch.device(device)
     if name in ("torch", "sequential"):
-        return name
+        return WkvChoice(name)
     if name not in ("auto", "cuda"):
         raise ValueError(f"unknown WKV op {name!r}; choose auto, {', '.join(WKV_OPS)}")
-    from src.ops.wkv6_cuda import cuda_unavailable_reason, load_wkv6_extension
-
-    reason = cuda_unavailable_reason(device)
+    reason = cuda_unavailable_reason(device) or kernel_limit_problem(head_size, dtype, seq_len=1)
     if reason is None:
         try:
-            load_wkv6_extension()
-        except Exception as error:  # a failed build is reported, and "auto" falls back to torch
-            reason = f"building the WKV6 CUDA extension failed: {error}"
+            load_wkv6_extension(head_size=head_size, dtype=dtype)
+        except RuntimeError as error:  # a failed build is reported, and "auto" falls back to torch
+            reason = str(error)
     if name == "cuda":
         if reason is not None:
-            raise RuntimeError(f"WKV op 'cuda' cannot run here: {reason}. Use op='torch' (works on CPU and GPU).")
-        return "cuda"
-    picked = "cuda" if reason is None else "torch"
-    message = f"WKV6 op 'auto' on {device}: using '{picked}'" + ("" if reason is None else f" ({reason})")
-    print(message, file=sys.stderr, flush=True)
-    return picked
+            raise RuntimeError(f"WKV op 'cuda' cannot run here: {reason}. Use op='torch' (--wkv_op torch), which "
+                               f"runs on CPU and GPU")
+        return WkvChoice("cuda")
+    if reason is None:
+        return WkvChoice("cuda", f"WKV6 op 'auto' on {device}: using 'cuda' (head size {head_size}, {dtype})")
+    return WkvChoice("torch", f"WKV6 op 'auto' on {device}: using 'torch' ({reason})")

@@ -1,32 +1,29 @@
-"""Our WKV6 CUDA kernel: JIT build (torch.utils.cpp_extension.load through ninja) and the autograd.Function.
+"""Our WKV6 CUDA kernel: its limits, its JIT build (torch.utils.cpp_extension.load through ninja) and the
+autograd.Function around it.
 
 Recurrence per (batch element, head): y_t[j] = sum_i r_t[i] (u[i] k_t[i] v_t[j] + S[i][j]), then
 S[i][j] = d_t[i] S[i][j] + k_t[i] v_t[j] with d_t = exp(-exp(w_t)) computed in fp32 inside the kernel.
+cuda/wkv6_cuda.cu's header has the thread layout and the gradient formulas.
 
-Thread layout (cuda/wkv6_cuda.cu's header has the formulas): one block per (batch element, head).
-- forward: N threads, thread j holds column j of the N x N state in registers; per token the block stages r, k,
-  the decay and r*u*k in shared memory, and each thread writes y_t[j]. The final state goes to a new tensor.
-- backward pass 1: N threads, forward in time, thread i holds row i of the state: gr, gu and, for the decay
-  gradient, a float scratch buffer [B, T, H, N].
-- backward pass 2: 2N threads, backward in time holding the adjoint dL/dS: the first N own its rows (gk, gw), the
-  other N its columns (gv, and the initial state's gradient).
-No step depends on a compile-time T: T >= 1 up to the build's maximum works, including T = 1.
-
-The binding (cuda/wkv6_op.cpp) is a pybind11 module, so each build has its own name and several can be loaded in
-one process:
+The binding (cuda/wkv6_op.cpp) is a pybind11 module, so each build has its own name and several can be loaded
+in one process:
 
     wkv6_n{head size}_t{max T}_{bf16|fp32}
 
 compiled with -D_N_=<head size>, -D_T_=<max T> (and -DWKV6_FP32 for float inputs) into
-<cache_dir>/<that name>/, once; later loads reuse the build. The cache folder and the default maximum T are
-explicit settings (`configure_wkv6_cuda`), defaulting to ~/.cache/rwkv_bone/torch_extensions and 4096; entry
-points that honour TORCH_EXTENSIONS_DIR read it themselves and pass it in.
+<cache_dir>/<that name>/, once; later loads reuse the build. What is built and where is an explicit setting
+(`configure_wkv6_cuda`): the launch layer passes TORCH_EXTENSIONS_DIR in; nothing here reads the environment.
+
+Cost per call: a dictionary look-up of the loaded build. Whether a GPU, nvcc and ninja are there is asked once,
+when the op is chosen (`src.ops.resolve_wkv_op`) or the build is made, never per call; the binding itself
+refuses tensors that are not on the GPU.
 """
+import functools
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -35,6 +32,11 @@ CUDA_SOURCES = (REPO_ROOT / "cuda" / "wkv6_op.cpp", REPO_ROOT / "cuda" / "wkv6_c
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "rwkv_bone" / "torch_extensions"
 DEFAULT_MAX_T = 4096
 ELEMENT_NAMES = {torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+# What the kernel can take, checked by planners before anything is built.
+MAX_HEAD_SIZE = 256  # one register row of the N x N state per thread
+MAX_T = 2 ** 31 - 1  # T is a 32-bit int in the kernel
+BUILD_T_MULTIPLE = 4096  # one build serves every T up to its bound (the bound costs nothing at run time)
 
 
 @dataclass
@@ -64,6 +66,23 @@ def configure_wkv6_cuda(max_t: Optional[int] = None, cache_dir: Optional[str] = 
     return _settings
 
 
+def build_max_t_for(seq_len: int) -> int:
+    """The compiled maximum T that serves sequences of `seq_len` tokens: the default, or the next multiple of
+    BUILD_T_MULTIPLE above it (so nearby lengths share one build)."""
+    return max(DEFAULT_MAX_T, -(-int(seq_len) // BUILD_T_MULTIPLE) * BUILD_T_MULTIPLE)
+
+
+def kernel_limit_problem(head_size: int, dtype: torch.dtype, seq_len: int) -> Optional[str]:
+    """Why the kernel cannot run this shape and element type (None when it can); no GPU or compiler is needed."""
+    if dtype not in ELEMENT_NAMES:
+        return f"the cuda WKV kernel computes in bf16 or fp32, not {dtype}"
+    if head_size > MAX_HEAD_SIZE:
+        return f"head size {head_size} is beyond the cuda WKV kernel's limit of {MAX_HEAD_SIZE}"
+    if seq_len > MAX_T:
+        return f"a sequence of {seq_len} tokens is beyond what the cuda WKV kernel can index (T <= {MAX_T})"
+    return None
+
+
 def find_nvcc() -> Optional[str]:
     """Path of the nvcc that torch's extension builder will use (CUDA_HOME/bin/nvcc), or None."""
     from torch.utils import cpp_extension
@@ -75,15 +94,11 @@ def find_nvcc() -> Optional[str]:
     return shutil.which("nvcc")
 
 
-def cuda_unavailable_reason(device=None) -> Optional[str]:
-    """Why the cuda op cannot run on `device` (None: on the current CUDA device), or None if it can."""
+@functools.lru_cache(maxsize=None)
+def missing_build_tool() -> Optional[str]:
+    """What the JIT build lacks (nvcc, ninja), or None. Asked once per process: the ninja probe starts a process."""
     from torch.utils import cpp_extension
 
-    if device is not None and torch.device(device).type != "cuda":
-        return f"the device is {torch.device(device)}, not a CUDA GPU"
-    if not torch.cuda.is_available():
-        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-        return f"torch sees no CUDA GPU (torch {torch.__version__}, {build})"
     if find_nvcc() is None:
         return "nvcc (the CUDA compiler) was not found; install the CUDA toolkit or set CUDA_HOME"
     if not cpp_extension.is_ninja_available():
@@ -91,50 +106,68 @@ def cuda_unavailable_reason(device=None) -> Optional[str]:
     return None
 
 
+def cuda_unavailable_reason(device) -> Optional[str]:
+    """Why the cuda op cannot run on `device`, or None if it can (the build itself may still fail)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return f"the device is {device}, not a CUDA GPU"
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        return f"torch sees no CUDA GPU (torch {torch.__version__}, {build})"
+    return missing_build_tool()
+
+
 def extension_name(head_size: int, max_t: int, dtype: torch.dtype) -> str:
     """The build's name, e.g. wkv6_n64_t4096_bf16."""
     return f"wkv6_n{head_size}_t{max_t}_{ELEMENT_NAMES[dtype]}"
 
 
-def load_wkv6_extension(
-    head_size: int = 64,
-    max_t: Optional[int] = None,
-    dtype: torch.dtype = torch.bfloat16,
-    cache_dir: Optional[str] = None,
-    verbose: Optional[bool] = None,
-):
-    """Build (first time) or load the extension for (head size, max T, element type); cached per process.
+def compiler_tail(error: BaseException, lines: int = 12) -> str:
+    """The last lines of a failed build's message (torch puts the compiler output in it)."""
+    text = str(error).strip().splitlines()
+    return "\n".join(text[-lines:])
 
-    Raises RuntimeError when no CUDA GPU / nvcc / ninja is available, ValueError for an unsupported dtype.
+
+def build_extension(name: str, sources: Sequence[Path], defines: Sequence[str], build_directory: Path, verbose: bool):
+    """Compile and load one build of the kernel: the only place that runs the compiler.
+
+    Raises RuntimeError naming the missing tool, or with the compiler's last lines when the build fails.
     """
-    if dtype not in ELEMENT_NAMES:
-        raise ValueError(f"the WKV6 CUDA kernel supports bf16 and fp32 inputs, not {dtype}; use op='torch'")
-    reason = cuda_unavailable_reason()
-    if reason is not None:
-        raise RuntimeError(f"cannot build the WKV6 CUDA kernel: {reason}. Use op='torch' instead.")
-    max_t = _settings.max_t if max_t is None else int(max_t)
-    cache_root = Path(cache_dir or _settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
-    verbose = _settings.verbose if verbose is None else verbose
-    name = extension_name(head_size, max_t, dtype)
-    key = (name, str(cache_root))
-    with _load_lock:
-        if key in _loaded:
-            return _loaded[key]
-        from torch.utils.cpp_extension import load
+    from torch.utils.cpp_extension import load
 
-        defines = [f"-D_N_={head_size}", f"-D_T_={max_t}"] + (["-DWKV6_FP32"] if dtype == torch.float32 else [])
-        build_directory = cache_root / name
-        build_directory.mkdir(parents=True, exist_ok=True)
-        module = load(
+    missing = cuda_unavailable_reason(torch.device("cuda"))
+    if missing is not None:
+        raise RuntimeError(f"cannot build the WKV6 CUDA kernel: {missing}. Use op='torch' (it runs on CPU and GPU)")
+    try:
+        return load(
             name=name,
-            sources=[str(path) for path in CUDA_SOURCES],
+            sources=[str(path) for path in sources],
             build_directory=str(build_directory),
             extra_cflags=["-O3", *defines],
             extra_cuda_cflags=["-O3", "--use_fast_math", "-Xptxas", "-O3", "--extra-device-vectorization", *defines],
             verbose=verbose,
         )
-        _loaded[key] = module
+    except Exception as error:
+        raise RuntimeError(f"building the WKV6 CUDA kernel {name} failed:\n{compiler_tail(error)}") from None
+
+
+def load_wkv6_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16, max_t: Optional[int] = None):
+    """The build for (head size, element type, max T): built the first time, then cached per process."""
+    if dtype not in ELEMENT_NAMES:
+        raise ValueError(f"the WKV6 CUDA kernel supports bf16 and fp32 inputs, not {dtype}; use op='torch'")
+    max_t = _settings.max_t if max_t is None else int(max_t)
+    name = extension_name(head_size, max_t, dtype)
+    module = _loaded.get(name)
+    if module is not None:
         return module
+    with _load_lock:
+        if name not in _loaded:
+            cache_root = Path(_settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
+            build_directory = cache_root / name
+            build_directory.mkdir(parents=True, exist_ok=True)
+            defines = [f"-D_N_={head_size}", f"-D_T_={max_t}"] + (["-DWKV6_FP32"] if dtype == torch.float32 else [])
+            _loaded[name] = build_extension(name, CUDA_SOURCES, defines, build_directory, _settings.verbose)
+        return _loaded[name]
 
 
 class Wkv6CudaFunction(torch.autograd.Function):
@@ -169,9 +202,6 @@ def wkv6_cuda(
     r, k, v, w: CUDA tensors [B, T, H, N] in bf16 or fp32; u [H, N] any float dtype (used in fp32);
     state [B, H, N, N] (used in fp32; never modified) or None. Returns y in r's dtype and the fp32 final state.
     """
-    reason = cuda_unavailable_reason(r.device)
-    if reason is not None:
-        raise RuntimeError(f"wkv6 op='cuda' cannot run: {reason}. Use op='torch' (it runs on CPU and GPU).")
     if r.dtype not in ELEMENT_NAMES:
         raise ValueError(f"wkv6 op='cuda' takes bf16 or fp32 inputs, got {r.dtype}; cast them or use op='torch'")
     B, T, H, N = r.shape
@@ -188,5 +218,4 @@ def wkv6_cuda(
     else:
         s0 = state.to(dtype=torch.float32).contiguous()
     r, k, v, w = (x.contiguous() for x in (r, k, v, w))
-    y, s_out = Wkv6CudaFunction.apply(extension, r, k, v, w, u32, s0)
-    return y, s_out
+    return Wkv6CudaFunction.apply(extension, r, k, v, w, u32, s0)

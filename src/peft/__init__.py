@@ -2,32 +2,42 @@
 
     from src.peft import BoneConfig, apply_peft, merge_peft, save_adapter, load_adapter
     names = apply_peft(model, BoneConfig(b=64), targets=None, train_parts=parse_parts("time,ln"))
+
+Layout (one concern per file; imports run down this list, never up):
+    base         the adapter contract (AdapterConfig, AdapterLinear) and the helpers every method shares
+    bone, lora   the methods: Bone; LoRA and PiSSA
+    registry     method name -> (config class, adapter class): the one list of methods
+    targets      which modules get adapters, which other parameters train
+    fingerprint  which base model an adapter belongs to
+    inject       adapters into a model and back out (apply_peft, inject_adapters, merge_peft)
+    adapter_io   adapter files (save_adapter, load_adapter, ...)
+    summary      parameter counts and the adapter table
+    config       the config of a train.py run from its flags
+    merged       an adapter folded into its base checkpoint (for serving and src.merge)
 """
-from src.peft.adapter_io import (
-    adapter_state_dict,
-    base_fingerprint,
-    check_base,
-    load_adapter,
-    read_adapter,
-    save_adapter,
-)
+from src.peft.adapter_io import adapter_state_dict, check_base, load_adapter, read_adapter, save_adapter
+from src.peft.base import AdapterConfig, AdapterLinear
 from src.peft.bone import BoneConfig, BoneLinear
+from src.peft.config import field_default, peft_config_from_flags
+from src.peft.fingerprint import base_fingerprint, fingerprint_weights
 from src.peft.inject import (
-    DEFAULT_TARGETS,
     PeftState,
+    adapter_modules,
     apply_peft,
-    config_from_dict,
     get_peft_state,
+    inject_adapters,
+    make_adapter,
     merge_peft,
-    parse_parts,
-    resolve_targets,
 )
-from src.peft.lora import AdapterLinear, LoraConfig, LoraLinear, PissaConfig, PissaLinear
+from src.peft.lora import LoraConfig, LoraLinear, PissaConfig, PissaLinear
+from src.peft.registry import METHODS, config_from_dict
 from src.peft.summary import format_peft_table, peft_summary
+from src.peft.targets import DEFAULT_TARGETS, parse_parts, resolve_targets
 
 __all__ = [
-    "BoneConfig", "LoraConfig", "PissaConfig", "apply_peft", "merge_peft", "adapter_state_dict", "save_adapter",
-    "load_adapter", "read_adapter", "check_base", "base_fingerprint", "parse_parts", "resolve_targets",
-    "config_from_dict", "get_peft_state", "PeftState", "DEFAULT_TARGETS", "peft_summary", "format_peft_table",
-    "AdapterLinear", "BoneLinear", "LoraLinear", "PissaLinear",
+    "BoneConfig", "LoraConfig", "PissaConfig", "apply_peft", "inject_adapters", "merge_peft", "adapter_state_dict",
+    "save_adapter", "load_adapter", "read_adapter", "check_base", "base_fingerprint", "fingerprint_weights",
+    "parse_parts", "resolve_targets", "config_from_dict", "get_peft_state", "PeftState", "DEFAULT_TARGETS",
+    "peft_summary", "format_peft_table", "AdapterConfig", "AdapterLinear", "BoneLinear", "LoraLinear",
+    "PissaLinear", "METHODS", "make_adapter", "adapter_modules", "peft_config_from_flags", "field_default",
 ]

@@ -1,82 +1,32 @@
 """Adapter files: what is saved, how it is checked against the base model, and how a run is restored exactly.
 
-An adapter file is a `torch.save`d dict written atomically (src.checkpoint.save_atomic):
+An adapter file is a `torch.save`d dict written atomically (src.checkpoint.files.save_atomic):
 
     format, format_version      "rwkv6-peft-adapter", 1
     method, config              e.g. "bone", BoneConfig.to_dict()
     targets, train_parts        resolved module-name suffixes, train-part substrings
     adapted, base_shapes        adapted module names, {name: [out_features, in_features]}
-    base_fingerprint            see `base_fingerprint`
+    base_fingerprint            of the targeted base weights before adapting (src.peft.fingerprint)
     tensors                     {full parameter/buffer name: tensor} = adapter_state_dict(model), on the CPU
     extra                       caller's metadata (plain Python values: numbers, strings, lists, dicts)
 
-Base fingerprint: "sha256:" + 16 hex digits of a SHA-256 over, for each targeted weight in name order, its module
-name, its shape, and a fixed strided sample of at most 4096 of its values (every ⌈numel/4096⌉-th element of the
-flattened tensor) rounded to bf16 and hashed as fp32 bytes. It reads ~4 k values per layer, so it is cheap even on a
-memory-mapped 7B checkpoint; the bf16 rounding makes the fp32 and bf16 copies of one checkpoint agree, while any
-other base (different training, different init) differs.
+Loading rebuilds the stored config on a fresh base with `inject_adapters` and hands each adapter its tensors
+(`AdapterLinear.load_tensors`), so no method needs code here.
 """
 
-import hashlib
 from pathlib import Path
 from typing import Optional
 
 import torch
 import torch.nn as nn
 
-from src.peft.inject import (
-    _apply,
-    adapter_modules,
-    config_from_dict,
-    get_peft_state,
-    name_matches,
-    resolve_targets,
-)
-from src.peft.lora import PissaLinear
+from src.checkpoint.files import save_atomic
+from src.peft.fingerprint import fingerprint_weights
+from src.peft.inject import adapter_modules, get_peft_state, inject_adapters
+from src.peft.registry import config_from_dict
 
 FORMAT = "rwkv6-peft-adapter"
 FORMAT_VERSION = 1
-FINGERPRINT_SAMPLES = 4096
-
-
-def fingerprint_weights(named_weights: dict) -> str:
-    """The fingerprint of {module name: weight tensor} (see the module docstring)."""
-    if not named_weights:
-        raise ValueError("base fingerprint: no targeted weights found")
-    digest = hashlib.sha256()
-    for name in sorted(named_weights):
-        weight = named_weights[name]
-        if weight.is_meta:
-            raise ValueError(f"base fingerprint: {name} is on the meta device (no values); load the base weights")
-        flat = weight.detach().reshape(-1)
-        stride = max(1, -(-flat.numel() // FINGERPRINT_SAMPLES))
-        sample = flat[::stride].to(device="cpu", dtype=torch.bfloat16).to(torch.float32)
-        digest.update(f"{name}:{tuple(weight.shape)}:".encode())
-        digest.update(sample.numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-def base_fingerprint(state_dict_or_model, targets=None) -> str:
-    """Fingerprint of the base weights of the targeted layers of a state dict or a model (targets as apply_peft).
-
-    For a model that apply_peft already adapted, the fingerprint recorded before adapting is returned (PiSSA
-    replaces W by its residual, so the weights in the model are no longer the base).
-    """
-    suffixes = resolve_targets(targets)
-    if isinstance(state_dict_or_model, nn.Module):
-        state = getattr(state_dict_or_model, "peft_state", None)
-        if state is not None and state.base_fingerprint and (targets is None or suffixes == state.targets):
-            return state.base_fingerprint
-        named = {n: m.weight for n, m in state_dict_or_model.named_modules()
-                 if n and name_matches(n, suffixes) and isinstance(getattr(m, "weight", None), torch.Tensor)}
-    elif isinstance(state_dict_or_model, dict):
-        named = {k[: -len(".weight")]: t for k, t in state_dict_or_model.items()
-                 if k.endswith(".weight") and name_matches(k[: -len(".weight")], suffixes)}
-    else:
-        raise ValueError(f"base_fingerprint takes a state dict or an nn.Module, got {type(state_dict_or_model)}")
-    if not named:
-        raise ValueError(f"base fingerprint: no weight matches the targets {list(suffixes)}")
-    return fingerprint_weights(named)
 
 
 def adapter_state_dict(model: nn.Module) -> dict:
@@ -121,9 +71,6 @@ def save_adapter(model: nn.Module, path, config=None, base_fingerprint: Optional
         "tensors": {n: t.to("cpu", copy=True) for n, t in adapter_state_dict(model).items()},
         "extra": dict(extra or {}),
     }
-    # Imported here: src.checkpoint imports the model package, which `import src.peft` should not need.
-    from src.checkpoint import save_atomic
-
     return save_atomic(payload, path)
 
 
@@ -178,8 +125,8 @@ def load_adapter(model: nn.Module, path, base_fingerprint: Optional[str] = None)
         base_fingerprint = fingerprint_weights({n: modules[n].weight for n in shapes}) if shapes else None
     check_base(payload, shapes, base_fingerprint, source=f"adapter {path}")
 
-    adapted = _apply(model, config, payload["targets"], payload["train_parts"], initialise=False,
-                     base_fingerprint=payload["base_fingerprint"])
+    adapted = inject_adapters(model, config, payload["targets"], payload["train_parts"], initialise=False,
+                              base_fingerprint=payload["base_fingerprint"])
     if adapted != payload["adapted"]:
         raise ValueError(f"adapter {path}: its targets match other modules in this model ({adapted[:3]} ...) "
                          f"than when it was saved ({payload['adapted'][:3]} ...)")
@@ -194,14 +141,12 @@ def load_adapter(model: nn.Module, path, base_fingerprint: Optional[str] = None)
         raise ValueError(f"adapter {path} tensor shapes differ from this model's: {wrong[:5]}")
     with torch.no_grad():
         for name, module in adapter_modules(model):
-            if isinstance(module, PissaLinear):
-                module.set_principal(stored[f"{name}.pissa_init_A"], stored[f"{name}.pissa_init_B"])
-        for name, tensor in own.items():
-            tensor.copy_(stored[name])
+            module.load_tensors({local: stored[f"{name}.{local}"] for local in module.adapter_tensors()})
+        params = dict(model.named_parameters())
+        for name in get_peft_state(model).train_part_names:
+            params[name].copy_(stored[name])
     return {k: v for k, v in payload.items() if k != "tensors"}
 
 
-__all__ = [
-    "FORMAT", "FORMAT_VERSION", "adapter_state_dict", "base_fingerprint", "check_base",
-    "fingerprint_weights", "load_adapter", "read_adapter", "save_adapter",
-]
+__all__ = ["FORMAT", "FORMAT_VERSION", "adapter_state_dict", "check_base", "load_adapter", "read_adapter",
+           "save_adapter"]

@@ -8,54 +8,30 @@ Every trainable tensor is a stack of b×b matrices, zero-initialised so the adap
     grouping "col" (Bone-col):                         one matrix per output block, shape (out/b, b, b), g = a
 
     form "affine" (Bone):                    ΔW[a,j] = W[a,j]·bone[g] + bone[g]
-    form "unconstrained" (Table 6 ablation): ΔW[a,j] = W[a,j]·A[g] + B[g]          (A = B = 0 at start; both
-                                             still get gradients there: ∂B[g] = Σ G[a,j], ∂A[g] = Σ W[a,j]ᵀG[a,j])
+    form "unconstrained" (Table 6 ablation): ΔW[a,j] = W[a,j]·A[g] + B[g]          (A = B = 0 at start)
     form "hadamard" (Table 6 ablation):      ΔW[a,j] = W[a,j]∘bone[g] + bone[g]    (elementwise)
 
 and the layer computes y = x·(W + ΔW)ᵀ. Trainable count: in·b (row) or out·b (col) per layer, twice that for
 "unconstrained".
 
-Factored row form (impl "factored", the default for row/affine): ΔW is never formed
-----------------------------------------------------------------------------------
-Claim. With u_j = x_j·bone[j]ᵀ and the b-vector σ = Σ_j u_j,
+Factored row form (impl "factored", the default for row/affine): ΔW is never formed. With u_j = x_j·bone[j]ᵀ,
 
-    y = (x + u)·Wᵀ + tile(σ),        tile(σ) = σ repeated over the out/b output blocks.
+    y = (x + u)·Wᵀ + tile(Σ_j u_j)        tile: the b-vector repeated over the out/b output blocks
 
-Proof. In column-vector form, output block a of (W + ΔW)·x is
-    Σ_j (W[a,j] + W[a,j]·bone[j] + bone[j])·x_j
-  = Σ_j W[a,j]·(x_j + bone[j]·x_j) + Σ_j bone[j]·x_j
-  = Σ_j W[a,j]·(x_j + u_j) + σ,
-because bone[j]·x_j is the column form of the row vector x_j·bone[j]ᵀ = u_j. The first sum is output block a of
-W·(x + u); σ does not depend on a, so the same σ is added to every output block. ∎
-
-Backward. Let g = ∂L/∂y, h = g·W (in-space gradient through the first term) and s = Σ_a g_a (a b-vector).
-  ∂u_j     = h_j + s               u_j reaches y through (x + u)·Wᵀ (giving h_j) and through σ, which is added
-                                   to every output block a (giving Σ_a g_a = s).
-  ∂x_j     = h_j + ∂u_j·bone[j]    x_j reaches y directly (h_j) and through u_j = x_j·bone[j]ᵀ.
-  ∂bone[j] = Σ_tokens ∂u_jᵀ·x_j    because u_j[p] = Σ_q bone[j][p,q]·x_j[q].
-  ∂W       = gᵀ·(x + u)            only when W itself is trainable (u is then recomputed from x).
-  ∂bias    = Σ_tokens g.
-So the backward needs x (and bone, W by reference) only: nothing W-sized and no u is kept between the passes.
-The cost is that of LoRA with r = b/2 on a square layer: two (T, in/b, b) × (b, b) batched products each way.
-Layout (see bench/bone_layer.py): u is a bmm over the (in/b, T, b) transposed view of x, σ is added in place on a
-(T, out/b, b) view of y, and ∂x is accumulated onto h with an in-place baddbmm, so no tile or copy is made.
-
-Materialised forms (impl "materialize"; the only one for col grouping, unconstrained and hadamard): W + ΔW is
-formed every step and passed to F.linear, as the paper's code does. That keeps a W-sized tensor alive from forward
-to backward; `checkpoint=True` wraps the whole materialise-and-multiply in torch.utils.checkpoint
-(use_reentrant=False), so only x and the adapter are kept and W + ΔW is rebuilt in backward.
+and the backward keeps only x (derivation, gradients and memory layout: docs/bone-factored.md). The other forms
+(impl "materialize") form W + ΔW every step; `checkpoint=True` recomputes it in backward instead of keeping it.
 """
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from src.peft.lora import AdapterLinear, _ConfigDict, _check_int, autocast_off, compute_dtype
+from src.peft.base import AdapterConfig, AdapterLinear, autocast_off, check_int, compute_dtype
 
 GROUPINGS = ("row", "col")
 FORMS = ("affine", "unconstrained", "hadamard")
@@ -63,39 +39,68 @@ IMPLS = ("auto", "factored", "materialize")
 
 
 @dataclass
-class BoneConfig(_ConfigDict):
+class BoneConfig(AdapterConfig):
     b: int = 64
     grouping: str = "row"
     form: str = "affine"
     impl: str = "auto"
     checkpoint: bool = False
     method: ClassVar[str] = "bone"
+    flag_names: ClassVar[dict] = {"b": "bone_b", "grouping": "bone_grouping", "form": "bone_form",
+                                  "impl": "bone_impl"}
+    json_aliases: ClassVar[dict] = {"bone_r": "b", "r": "b"}
 
     def __post_init__(self):
-        _check_int("BoneConfig", "b", self.b, 1)
+        check_int(self.label("b"), self.b, 1)
         for name, allowed in (("grouping", GROUPINGS), ("form", FORMS), ("impl", IMPLS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"BoneConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(f"{self.label(name)} must be one of {allowed}, got {getattr(self, name)!r}")
         if not isinstance(self.checkpoint, bool):
             raise ValueError(f"BoneConfig.checkpoint must be true or false, got {self.checkpoint!r}")
-        factorable = self.grouping == "row" and self.form == "affine"
-        if self.impl == "factored" and not factorable:
+        if self.impl == "factored" and not self.factorable:
             raise ValueError(
                 f"BoneConfig impl='factored' exists only for grouping='row', form='affine' (got grouping="
                 f"'{self.grouping}', form='{self.form}'); use impl='materialize' (or 'auto')"
             )
         if self.checkpoint and self.resolved_impl == "factored":
             raise ValueError(
-                "BoneConfig checkpoint=True applies to the materialised forms; row/affine Bone runs factored "
-                "(impl 'auto' or 'factored'), which keeps no W-sized tensor anyway. Drop checkpoint, or set "
-                "impl='materialize' to checkpoint the materialised row form"
+                "BoneConfig checkpoint=True (--grad_cp bone) recomputes the materialised Bone weights W + ΔW in "
+                "backward, but row/affine Bone runs factored (impl 'auto' or 'factored') and keeps nothing "
+                "W-sized, so there is nothing to recompute; drop checkpoint (use --grad_cp layer to checkpoint "
+                "whole blocks instead), or set impl='materialize' (--bone_impl materialize) to run and checkpoint "
+                "the materialised form"
             )
+
+    @classmethod
+    def flag_values(cls, flags) -> dict:
+        """The Bone flags, plus checkpoint=True for --grad_cp bone."""
+        return {**super().flag_values(flags), "checkpoint": flags.grad_cp == "bone"}
+
+    @property
+    def factorable(self) -> bool:
+        """True for the row/affine form, the one BoneRowFactored computes."""
+        return self.grouping == "row" and self.form == "affine"
+
+    def target_problem(self, name: str, out_features: int, in_features: int) -> Optional[str]:
+        """b must divide both dimensions; the message names the layer, its shape and the b values that fit."""
+        b = self.b
+        if not (out_features % b or in_features % b):
+            return None
+        common = math.gcd(out_features, in_features)
+        fitting = [d for d in range(1, common + 1) if common % d == 0]
+        best = max(d for d in fitting if d <= b)
+        return (
+            f"Bone block size b={b} must divide both dimensions of {name} (nn.Linear out_features={out_features}, "
+            f"in_features={in_features}, weight shape ({out_features}, {in_features})); the largest b <= {b} that "
+            f"divides both is b={best}, and the b values that divide both are the divisors of gcd={common}: "
+            f"{', '.join(map(str, fitting))}; or leave {name} out of the targets"
+        )
 
     @property
     def resolved_impl(self) -> str:
         """'factored' or 'materialize': what impl='auto' means for this grouping and form."""
         if self.impl == "auto":
-            return "factored" if (self.grouping == "row" and self.form == "affine") else "materialize"
+            return "factored" if self.factorable else "materialize"
         return self.impl
 
 
@@ -127,7 +132,7 @@ def delta_weight(weight: torch.Tensor, tensors: tuple, grouping: str, form: str)
 
 
 class BoneRowFactored(torch.autograd.Function):
-    """y = (x + u)·Wᵀ + tile(Σ_j u_j), u_j = x_j·bone[j]ᵀ, on x of shape (T, in); see the module docstring."""
+    """y = (x + u)·Wᵀ + tile(Σ_j u_j), u_j = x_j·bone[j]ᵀ, on x of shape (T, in); see docs/bone-factored.md."""
 
     @staticmethod
     def forward(ctx, x, bone, weight, bias):
@@ -173,13 +178,14 @@ class BoneRowFactored(torch.autograd.Function):
 
 
 class BoneLinear(AdapterLinear):
-    """A frozen nn.Linear with a Bone adapter (`bone`, or `bone_A` and `bone_B` for the unconstrained form)."""
+    """A frozen nn.Linear with a Bone adapter (`bone`, or `bone_A` and `bone_B` for the unconstrained form).
 
-    def __init__(self, linear: nn.Linear, config: BoneConfig, name: str = "layer"):
+    b must divide in_features and out_features: apply_peft checks that for every target (BoneConfig.target_problem)
+    before building any adapter."""
+
+    def __init__(self, linear: nn.Linear, config: BoneConfig, initialise: bool = True):
         super().__init__(linear)
         b = config.b
-        if self.in_features % b or self.out_features % b:
-            raise ValueError(bone_divisibility_message(name, self.out_features, self.in_features, b))
         self.b = b
         self.grouping = config.grouping
         self.form = config.form
@@ -190,11 +196,12 @@ class BoneLinear(AdapterLinear):
         for param_name in names:
             tensor = self.new_adapter_tensor(n_groups, b, b)
             if not tensor.is_meta:
-                tensor.zero_()
+                tensor.zero_()  # cheap, so done even when a saved adapter follows
             self.register_parameter(param_name, nn.Parameter(tensor))
         self.param_names = names
 
-    def adapter_params(self) -> tuple:
+    def _bone_tensors(self) -> tuple:
+        """(bone,) or (bone_A, bone_B), in the order delta_weight takes them (adapter_tensors() lists them by name)."""
         return tuple(getattr(self, n) for n in self.param_names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,10 +215,12 @@ class BoneLinear(AdapterLinear):
                                           self.bone.to(dtype), self.weight.to(dtype), bias)
             return y.view(*lead_shape, self.out_features)
         if self.checkpoint and torch.is_grad_enabled():
-            return torch_checkpoint(self._materialised, x, self.weight, *self.adapter_params(), use_reentrant=False)
-        return self._materialised(x, self.weight, *self.adapter_params())
+            return torch_checkpoint(self.materialised_forward, x, self.weight, *self._bone_tensors(),
+                                    use_reentrant=False)
+        return self.materialised_forward(x, self.weight, *self._bone_tensors())
 
-    def _materialised(self, x, weight, *tensors):
+    def materialised_forward(self, x, weight, *tensors):
+        """F.linear(x, W + ΔW): the forward of every form but factored row/affine (what checkpoint=True reruns)."""
         dtype = compute_dtype(x)
         weight = weight.to(dtype)
         merged = weight + delta_weight(weight, tuple(t.to(dtype) for t in tensors), self.grouping, self.form)
@@ -220,23 +229,10 @@ class BoneLinear(AdapterLinear):
     def merged_weight(self) -> torch.Tensor:
         dtype = self.adapter_dtype
         weight = self.weight.to(dtype)
-        tensors = tuple(t.to(dtype) for t in self.adapter_params())
+        tensors = tuple(t.to(dtype) for t in self._bone_tensors())
         return weight + delta_weight(weight, tensors, self.grouping, self.form)
 
     def describe(self) -> str:
         form = "" if self.form == "affine" else f"-{self.form}"
         cp = "+checkpoint" if self.checkpoint else ""
         return f"bone-{self.grouping}{form} b={self.b} {self.impl}{cp}"
-
-
-def bone_divisibility_message(name: str, out_features: int, in_features: int, b: int) -> str:
-    """The error for a layer whose shape b does not divide, with the block sizes that would work."""
-    common = math.gcd(out_features, in_features)
-    working = [d for d in range(1, common + 1) if common % d == 0]
-    below = [d for d in working if d <= b]
-    suggestion = f"b={below[-1]}" if below else f"b={working[0]}"
-    return (
-        f"Bone block size b={b} must divide both dimensions of {name} (nn.Linear out_features={out_features}, "
-        f"in_features={in_features}, weight shape ({out_features}, {in_features})); the largest b <= {b} that "
-        f"divides both is {suggestion} (any divisor of gcd={common} works), or leave {name} out of the targets"
-    )

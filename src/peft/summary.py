@@ -10,7 +10,7 @@ def peft_summary(model: nn.Module) -> dict:
     row (name, method, in_features, out_features, trainable adapter parameters) per adapted module."""
     rows = []
     for name, module in adapter_modules(model):
-        trainable = sum(p.numel() for p in module.parameters(recurse=True) if p.requires_grad)
+        trainable = sum(t.numel() for t in module.adapter_tensors().values() if t.requires_grad)
         rows.append((name, module.describe(), module.in_features, module.out_features, trainable))
     state = getattr(model, "peft_state", None)
     summary = {

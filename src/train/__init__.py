@@ -1,5 +1,2 @@
-"""Training engine: flags (args), strategies, the LightningModule, the lr schedule, callbacks, and train.py's main."""
-from src.train.args import TrainConfig, build_peft_config, parse_args
-from src.train.schedule import LRSchedule
-
-__all__ = ["TrainConfig", "parse_args", "build_peft_config", "LRSchedule"]
+"""Training: flags (args), planning and checks (plan), reports, the Lightning wiring (fit, module, strategy,
+checkpointing, metrics) and train.py's launch layer (launch)."""

@@ -12,13 +12,18 @@ Flag names and meanings follow RWKV-PEFT / RWKV-LM (`--load_model --proj_dir --d
   (and, when given, checked against it); without it they define a new model.
 - `--config FILE.yaml` may set any flag by its name; flags given on the command line win.
 
-Every value is validated in `TrainConfig.__post_init__`, so YAML values get the same checks as flags.
+Every value is validated in `TrainConfig.__post_init__`, so YAML values get the same checks as flags; the PEFT
+settings (--bone_*, --lora_*, --svd_niter, --*_config) are checked by the config they build
+(`src.peft.peft_config_from_flags`), and their defaults are that config's defaults.
 """
 import argparse
-import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Optional
+
+from src.data.dataset import DATA_TYPES, DATALOADS, LOSS_MASKS
+from src.ops import WKV_REQUESTS
+from src.peft import METHODS, BoneConfig, LoraConfig, PissaConfig, field_default
 
 DEEPSPEED_STRATEGIES = {
     "deepspeed_stage_1": dict(stage=1),
@@ -27,7 +32,7 @@ DEEPSPEED_STRATEGIES = {
     "deepspeed_stage_3": dict(stage=3),
     "deepspeed_stage_3_offload": dict(stage=3, offload_optimizer=True, offload_parameters=True),
 }
-OTHER_STRATEGIES = ("ddp", "auto", "single")
+OTHER_STRATEGIES = ("ddp", "auto")
 STRATEGY_NAMES = tuple(DEEPSPEED_STRATEGIES) + OTHER_STRATEGIES
 
 
@@ -36,17 +41,16 @@ def is_deepspeed(name: str) -> bool:
     return name in DEEPSPEED_STRATEGIES
 
 
-PEFT_METHODS = ("none", "bone", "lora", "pissa")
+PEFT_METHODS = ("none",) + tuple(METHODS)
 GRAD_CP_CHOICES = {"none": "none", "0": "none", "layer": "layer", "1": "layer", "bone": "bone"}
 PRECISION_CHOICES = {"bf16": "bf16", "fp16": "fp16", "16": "fp16", "fp32": "fp32", "32": "fp32", "tf32": "tf32"}
 LR_SCHEDULES = {"exp": "exp", "exponential": "exp", "cos": "cos", "cosine": "cos"}
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}
 TOKENIZERS = ("auto", "world", "byte")
 OPTIMIZERS = ("adamw", "adam")
-WKV_OPS = ("auto", "torch", "cuda")
-DATA_TYPES = ("binidx", "jsonl", "sft")
-DATALOADS = ("get", "pad", "only")
-LOSS_MASKS = ("none", "pad", "qa")
+# Settings a resume may change (--change_on_resume): the lr schedule and gradient clipping are applied afresh at
+# every step, so they take effect on a restored optimizer; everything else must match the checkpoint's run.
+CHANGEABLE_ON_RESUME = ("lr_init", "lr_final", "lr_schedule", "warmup_steps", "gradient_clip_val")
 QUICKSTART_HINT = (
     "Get an RWKV6 checkpoint (e.g. RWKV-x060-World-1B6-v2.1-*.pth from the Hugging Face repo BlinkDL/rwkv-6-world) "
     "and pass it with --load_model PATH, or run the offline quickstart, which trains its own tiny base first: "
@@ -55,10 +59,9 @@ QUICKSTART_HINT = (
 )
 
 
-def _flag(default, help, type=None, flags=(), nargs=None, action=None, hidden=False):
+def _flag(default, help, type=None, flags=(), nargs=None, action=None):
     """A TrainConfig field that is also a command-line flag (--NAME plus optional alias spellings)."""
-    return field(default=default, metadata=dict(help=help, type=type, flags=flags, nargs=nargs, action=action,
-                                                hidden=hidden))
+    return field(default=default, metadata=dict(help=help, type=type, flags=flags, nargs=nargs, action=action))
 
 
 def _bool(value) -> bool:
@@ -83,7 +86,11 @@ class TrainConfig:
                                  "line, and stop (no weights, no data)", action="store_true")
     resume: bool = _flag(False, "require a checkpoint in --proj_dir and continue from it (without this flag an "
                                 "existing checkpoint is resumed too; use --fresh to ignore it)", action="store_true")
-    fresh: bool = _flag(False, "ignore (and replace) checkpoints already in --proj_dir", action="store_true")
+    fresh: bool = _flag(False, "start over in --proj_dir: an earlier run's outputs there (adapters, models, "
+                               "checkpoints, metrics.csv, loss.png, tb/) are moved into --proj_dir/replaced-<time>/",
+                        action="store_true")
+    change_on_resume: str = _flag("", "comma-separated settings a resumed run may change from the checkpoint's: "
+                                      + ", ".join(CHANGEABLE_ON_RESUME) + " (e.g. a lower lr after a non-finite loss)")
     seed: int = _flag(0, "random seed (model init, LoRA init, data order)", type=int, flags=("--random_seed",))
     # model
     load_model: Optional[str] = _flag(None, "base RWKV6 .pth (official layout); omit only with --peft none to "
@@ -131,20 +138,22 @@ class TrainConfig:
     layerwise_lr: int = _flag(1, "1: time_decay trains at 2x lr as in RWKV; 0: one lr for all", type=int)
     gradient_clip_val: float = _flag(1.0, "clip the gradient norm (0: off)", type=float)
     # peft
-    peft: str = _flag("none", "none (full fine-tune) | bone | lora | pissa")
+    peft: str = _flag("none", "none (full fine-tune) | " + " | ".join(METHODS))
     train_parts: str = _flag("", "comma-separated parameter-name fragments to train besides the adapter, e.g. "
                                  "time,ln (default: none)")
     peft_targets: Optional[str] = _flag(None, "adapted modules: att, ffn, att,ffn (default) or name suffixes")
-    bone_b: int = _flag(64, "Bone block size b (must divide every adapted dimension)", type=int)
-    bone_grouping: str = _flag("row", "Bone grouping: row (RWKV-PEFT's) | col")
-    bone_form: str = _flag("affine", "Bone form: affine | unconstrained | hadamard")
-    bone_impl: str = _flag("auto", "Bone implementation: auto | factored | materialize")
+    bone_b: int = _flag(field_default(BoneConfig, "b"), "Bone block size b (must divide every adapted dimension)",
+                        type=int)
+    bone_grouping: str = _flag(field_default(BoneConfig, "grouping"), "Bone grouping: row (RWKV-PEFT's) | col")
+    bone_form: str = _flag(field_default(BoneConfig, "form"), "Bone form: affine | unconstrained | hadamard")
+    bone_impl: str = _flag(field_default(BoneConfig, "impl"), "Bone implementation: auto | factored | materialize")
     bone_config: Optional[str] = _flag(None, "Bone settings as JSON, e.g. '{\"b\": 64}' (RWKV-PEFT's bone_r also)")
-    lora_r: int = _flag(32, "LoRA / PiSSA rank", type=int)
-    lora_alpha: Optional[float] = _flag(None, "LoRA / PiSSA alpha (default: 32 for LoRA, r for PiSSA)", type=float)
-    lora_dropout: float = _flag(0.0, "LoRA dropout", type=float)
+    lora_r: int = _flag(field_default(LoraConfig, "r"), "LoRA / PiSSA rank", type=int)
+    lora_alpha: Optional[float] = _flag(None, f"LoRA / PiSSA alpha (default: {field_default(LoraConfig, 'alpha'):g} "
+                                              f"for LoRA, r for PiSSA)", type=float)
+    lora_dropout: float = _flag(field_default(LoraConfig, "dropout"), "LoRA dropout", type=float)
     lora_config: Optional[str] = _flag(None, "LoRA settings as JSON (r, alpha, dropout or lora_r, ...)")
-    svd_niter: int = _flag(4, "PiSSA: svd_lowrank iterations", type=int)
+    svd_niter: int = _flag(field_default(PissaConfig, "svd_niter"), "PiSSA: svd_lowrank iterations", type=int)
     pissa_config: Optional[str] = _flag(None, "PiSSA settings as JSON (r, alpha, svd_niter or pissa_r, ...)")
     # engine
     strategy: str = _flag("deepspeed_stage_2", "deepspeed_stage_{1,2,3}[_offload], ddp, auto (single device)")
@@ -155,7 +164,6 @@ class TrainConfig:
     grad_cp: str = _flag("none", "gradient checkpointing: none|0, layer|1 (whole blocks), bone (Bone weights)")
     ds_bucket_mb: int = _flag(200, "DeepSpeed allgather/reduce bucket size in MB", type=int)
     num_threads: Optional[int] = _flag(None, "CPU threads for torch (default: torch's choice)", type=int)
-    dump_rank_state: bool = _flag(False, "", action="store_true", hidden=True)  # tests: each rank saves its tensors
 
     def __post_init__(self):
         self._coerce_types()
@@ -203,7 +211,7 @@ class TrainConfig:
         self.accelerator = choose("accelerator", ACCELERATORS)
         self.tokenizer = choose("tokenizer", TOKENIZERS)
         self.optim = choose("optim", OPTIMIZERS)
-        self.wkv_op = choose("wkv_op", WKV_OPS)
+        self.wkv_op = choose("wkv_op", WKV_REQUESTS)
         self.data_type = choose("data_type", DATA_TYPES)
         self.dataload = choose("dataload", DATALOADS)
         self.strategy = choose("strategy", STRATEGY_NAMES)
@@ -212,13 +220,13 @@ class TrainConfig:
         self.loss_mask = choose("loss_mask", LOSS_MASKS)
 
         positive = ("ctx_len", "micro_bsz", "epoch_steps", "epoch_count", "accumulate_grad_batches", "devices",
-                    "num_nodes", "head_size_a", "bone_b", "lora_r", "ds_bucket_mb")
+                    "num_nodes", "head_size_a", "ds_bucket_mb")
         for name in positive + ("n_layer", "n_embd", "vocab_size", "dim_ffn", "dim_maa_lora", "dim_decay_lora",
                                 "num_threads"):
             value = getattr(self, name)
             if (value is not None or name in positive) and value < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {value}")
-        for name in ("epoch_begin", "epoch_save", "save_every_steps", "svd_niter", "seed"):
+        for name in ("epoch_begin", "epoch_save", "save_every_steps", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if self.epoch_steps % self.accumulate_grad_batches:
@@ -238,11 +246,21 @@ class TrainConfig:
                              "drop --weight_decay")
         if self.fresh and self.resume:
             raise ValueError("--resume and --fresh contradict each other: pick one")
+        unknown = [name for name in self.changes_on_resume if name not in CHANGEABLE_ON_RESUME]
+        if unknown:
+            raise ValueError(f"--change_on_resume {','.join(unknown)}: only {', '.join(CHANGEABLE_ON_RESUME)} may "
+                             f"change when a run resumes; to change anything else start a new run (another "
+                             f"--proj_dir, or --fresh)")
         if self.grad_cp == "bone" and self.peft != "bone":
             raise ValueError(f"--grad_cp bone recomputes Bone's weights, but --peft is {self.peft!r}; use "
                              f"--grad_cp layer")
 
     # ---- derived values -------------------------------------------------------------------------------------
+    @property
+    def changes_on_resume(self) -> tuple:
+        """The --change_on_resume names."""
+        return tuple(name.strip().lstrip("-") for name in str(self.change_on_resume or "").split(",") if name.strip())
+
     @property
     def world_size(self) -> int:
         return self.devices * self.num_nodes
@@ -265,82 +283,6 @@ class TrainConfig:
         return asdict(self)
 
 
-def _parse_json_flag(name: str, text: Optional[str]) -> dict:
-    if text is None:
-        return {}
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"--{name} is not valid JSON ({error.msg} at position {error.pos}): {text!r}; write it like "
-                         f"'{{\"b\": 64}}' with double quotes") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"--{name} must be a JSON object such as '{{\"b\": 64}}', got {text!r}")
-    return value
-
-
-# RWKV-PEFT's JSON keys -> ours; its *_load / pissa_init keys name files it never reads (see the notes).
-_JSON_ALIASES = {
-    "bone": {"bone_r": "b", "r": "b"},
-    "lora": {"lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout"},
-    "pissa": {"pissa_r": "r", "pissa_alpha": "alpha"},
-}
-_JSON_IGNORED_IF_EMPTY = ("bone_load", "lora_load", "pissa_load", "pissa_init")
-
-
-def _normalise_json(method: str, data: dict) -> dict:
-    out = {}
-    for key, value in data.items():
-        if key in _JSON_IGNORED_IF_EMPTY:
-            if value:
-                raise ValueError(f"--{method}_config key {key!r} is not supported: to continue a run use --resume "
-                                 f"with the same --proj_dir; to start from a saved adapter merge it first "
-                                 f"(python -m src.merge) and pass the merged model as --load_model")
-            continue
-        if key == "parts":
-            raise ValueError(f"--{method}_config key 'parts' is spelled --peft_targets here (e.g. att,ffn)")
-        out[_JSON_ALIASES[method].get(key, key)] = value
-    return out
-
-
-def build_peft_config(cfg: TrainConfig):
-    """The BoneConfig / LoraConfig / PissaConfig of the run (None for --peft none); JSON flags override flags."""
-    from src.peft import BoneConfig, LoraConfig, PissaConfig
-
-    bone_json = _parse_json_flag("bone_config", cfg.bone_config)
-    lora_json = _parse_json_flag("lora_config", cfg.lora_config)
-    pissa_json = _parse_json_flag("pissa_config", cfg.pissa_config)
-    if cfg.peft == "none":
-        return None
-    if cfg.peft == "bone":
-        values = dict(b=cfg.bone_b, grouping=cfg.bone_grouping, form=cfg.bone_form, impl=cfg.bone_impl,
-                      checkpoint=cfg.grad_cp == "bone")
-        values.update(_normalise_json("bone", bone_json))
-        factored = (values.get("grouping") == "row" and values.get("form") == "affine"
-                    and values.get("impl") in ("auto", "factored"))
-        if values.get("checkpoint") and factored:
-            raise ValueError("--grad_cp bone recomputes materialised Bone weights, but row/affine Bone runs factored "
-                             "and keeps nothing W-sized, so there is nothing to recompute; drop it (or use --grad_cp "
-                             "layer), or add --bone_impl materialize to run and checkpoint the materialised form")
-        return _make(BoneConfig, values, "bone")
-    if cfg.peft == "lora":
-        values = dict(r=cfg.lora_r, alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 32.0,
-                      dropout=cfg.lora_dropout)
-        values.update(_normalise_json("lora", lora_json))
-        return _make(LoraConfig, values, "lora")
-    values = dict(r=cfg.lora_r, alpha=cfg.lora_alpha, svd_niter=cfg.svd_niter)
-    values.update(_normalise_json("pissa", pissa_json))
-    return _make(PissaConfig, values, "pissa")
-
-
-def _make(config_class, values: dict, method: str):
-    known = {f.name for f in fields(config_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"--{method}_config has unknown keys {unknown}; {config_class.__name__} takes "
-                         f"{sorted(known)}")
-    return config_class(**values)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser: one flag per TrainConfig field; flags not given are left out of the namespace."""
     parser = argparse.ArgumentParser(
@@ -351,8 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(TrainConfig):
         meta = item.metadata
         names = (f"--{item.name}",) + tuple(meta.get("flags", ()))
-        help_text = argparse.SUPPRESS if meta.get("hidden") else \
-            f"{meta['help']} (default: {_default_text(item)})"
+        help_text = f"{meta['help']} (default: {_default_text(item)})"
         if meta.get("action") == "store_true":
             parser.add_argument(*names, dest=item.name, action="store_true", help=help_text)
         else:

@@ -5,6 +5,9 @@ from typing import Optional
 
 from src.checkpoint.files import save_figure_atomic
 
+METRICS_FILE = "metrics.csv"  # in --proj_dir: one row per optimizer step
+LOSS_PLOT = "loss.png"
+METRIC_COLUMNS = ("step", "epoch", "batch", "loss", "lr", "tokens", "kt_s", "peak_mem_gb", "elapsed_s")
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
 

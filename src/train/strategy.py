@@ -76,7 +76,7 @@ def build_strategy(spec: StrategySpec):
     bucket sizes of ds_bucket_mb MB as RWKV-PEFT sets them, overlap_comm off on CPU (gloo has no streams to
     overlap with), and frozen base weights left out of its checkpoints.
     """
-    if spec.name in ("auto", "single"):
+    if spec.name == "auto":
         return "auto"
     if spec.name == "ddp":
         return "ddp"

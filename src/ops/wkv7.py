@@ -1,0 +1,123 @@
+"""The public WKV7 operator (RWKV-7 "x070"): one interface over its implementations, and the choice between them.
+
+    y, state_out = wkv7(r, w, k, v, a, b, state=None, op="torch")
+
+The argument order is the official kernel's (r, w, k, v, a, b). Per batch element and head, with value index i,
+key index j, the state S [N(value), N(key)] and the per-token, per-key-channel decay
+
+    d_t[j] = exp(-exp(w_hat_t[j])),   w_hat = -softplus(-w) - 0.5   (= exp(-exp(-1/2) sigmoid(w)), in (0.545, 1))
+
+    S_t = S_{t-1} diag(d_t) + (S_{t-1} a_t) b_t^T + v_t k_t^T          (the old state is read for S a)
+    y_t = S_t r_t                                                        (the updated state: token t included)
+
+`w` is the RAW decay (w0 + tanh(x w1) w2 in the model), as the official `rwkv7_clampw` kernel takes it: the soft
+clamp is part of the operator, so the decay bound that keeps the chunked form stable holds for every input. In
+the RWKV-7 model a = -kappa_hat and b = kappa_hat * iclr; the operator takes any a, b. No 1/sqrt(N) scale.
+
+S starts as `state` (zeros when None) and its value after the last token is returned, so a long sequence can be
+processed in pieces. The state layout [B, H, value, key] is that of the `rwkv` package, the official CUDA
+kernels and RWKV-PEFT's `time_state` (fla's is the transpose).
+
+Implementations (`op`), named as for WKV6:
+- "torch": chunked parallel PyTorch (src/ops/wkv7_torch.py), any device, any T, fp32/bf16/fp64 inputs.
+- "sequential": a plain loop over time (src/ops/wkv7_sequential.py), the reference for tests.
+- "cuda": not built yet. `wkv7_cuda` below is the hook: a kernel with initial-state input and final-state
+  output (RWKV-CUDA's rwkv7_statepassing_clampw interface: raw w, fp32 s0/sT, T % 16 == 0 padded on the right
+  as `wkv7_torch` does) goes there, and `resolve_wkv7_op` starts returning it for "auto".
+"""
+from typing import Optional, Tuple
+
+import torch
+
+from src.ops.wkv6 import WkvChoice
+from src.ops.wkv7_sequential import wkv7_sequential
+from src.ops.wkv7_torch import wkv7_torch
+
+WKV7_OPS = ("torch", "cuda", "sequential")
+CUDA_MISSING = ("the WKV7 CUDA kernel is not built yet (RWKV-7 runs on the 'torch' op, on CPU and GPU, for now)")
+
+
+def _check_inputs(r, w, k, v, a, b, state) -> None:
+    tensors = {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"wkv7: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ValueError(f"wkv7: {name} must be a floating-point tensor, got dtype {x.dtype}")
+    if r.dim() != 4:
+        raise ValueError(f"wkv7: r must have shape [B, T, H, N], got {tuple(r.shape)}")
+    for name, x in tensors.items():
+        if x.shape != r.shape:
+            raise ValueError(f"wkv7: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, w, k, v, a, b "
+                             f"must all be [B, T, H, N]")
+        if x.dtype != r.dtype:
+            raise ValueError(f"wkv7: {name} is {x.dtype} but r is {r.dtype}; pass r, w, k, v, a, b in one dtype")
+        if x.device != r.device:
+            raise ValueError(f"wkv7: {name} is on {x.device} but r is on {r.device}; move them to one device")
+    B, T, H, N = r.shape
+    if T < 1:
+        raise ValueError(f"wkv7: the sequence is empty (T={T}); pass at least one token")
+    if state is not None:
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"wkv7: state must be a torch.Tensor or None, got {type(state).__name__}")
+        if tuple(state.shape) != (B, H, N, N):
+            raise ValueError(f"wkv7: state must have shape [B, H, N, N] = [{B}, {H}, {N}, {N}] (indexed [batch, "
+                             f"head, value, key]), got {tuple(state.shape)}")
+        if not state.is_floating_point():
+            raise ValueError(f"wkv7: state must be a floating-point tensor (float32 preferred), got {state.dtype}")
+        if state.device != r.device:
+            raise ValueError(f"wkv7: state is on {state.device} but r is on {r.device}; move it to r's device")
+
+
+def wkv7_cuda(r, w, k, v, a, b, state=None):
+    """Hook for the WKV7 CUDA kernel (same arguments and results as `wkv7_torch`); not built yet."""
+    raise RuntimeError(f"wkv7: op 'cuda' is not available: {CUDA_MISSING}. Use op='torch'.")
+
+
+def wkv7(
+    r: torch.Tensor,
+    w: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    state: Optional[torch.Tensor] = None,
+    op: str = "torch",
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Run WKV7 (see the module docstring for the recurrence).
+
+    Args:
+        r, w, k, v, a, b: [B, T, H, N], one float dtype (fp32 or bf16; fp64 with the torch/sequential ops).
+            w is the raw decay; the per-step decay is exp(-exp(-softplus(-w) - 0.5)).
+        state: [B, H, N, N], indexed [b, h, value i, key j], or None for zeros. Never modified.
+        op: "torch", "cuda" or "sequential" (`resolve_wkv7_op` turns "auto" into one of these).
+
+    Returns:
+        y [B, T, H, N] in r's dtype and state_out [B, H, N, N] float32 (float64 when the inputs are float64).
+        Differentiable with respect to r, w, k, v, a, b and state.
+    """
+    _check_inputs(r, w, k, v, a, b, state)
+    if op == "torch":
+        return wkv7_torch(r, w, k, v, a, b, state)
+    if op == "sequential":
+        return wkv7_sequential(r, w, k, v, a, b, state)
+    if op == "cuda":
+        return wkv7_cuda(r, w, k, v, a, b, state)
+    raise ValueError(f"wkv7: unknown op {op!r}; choose one of {', '.join(WKV7_OPS)} (or resolve 'auto' first)")
+
+
+def resolve_wkv7_op(name: str, device, head_size: int = 64, dtype: torch.dtype = torch.bfloat16) -> WkvChoice:
+    """The WKV7 op for a run on `device`, chosen once before the weights load (as `resolve_wkv_op` for WKV6).
+
+    Today: "auto" -> "torch" with a note on CUDA devices (no WKV7 kernel yet); "cuda" -> RuntimeError;
+    "torch" and "sequential" pass through. head_size and dtype are taken for the kernel's future limits.
+    """
+    device = torch.device(device)
+    if name in ("torch", "sequential"):
+        return WkvChoice(name)
+    if name == "cuda":
+        raise RuntimeError(f"WKV7 op 'cuda' cannot run: {CUDA_MISSING}. Use op='torch' (--wkv_op torch)")
+    if name == "auto":
+        note = f"WKV7 op 'auto' on {device}: using 'torch' ({CUDA_MISSING})" if device.type == "cuda" else ""
+        return WkvChoice("torch", note)
+    raise ValueError(f"unknown WKV op {name!r}; choose auto, {', '.join(WKV7_OPS)}")

@@ -1,0 +1,3 @@
+// Host-emulation shim for <cuda_runtime.h> (test-only; see cuda_host_emulation.h).
+#pragma once
+#include "cuda_host_emulation.h"
