@@ -9,10 +9,8 @@ See src/train/launch.py for how a run is launched and src/train/args.py for the 
 import os
 import sys
 
-# Lightning's multi-process launcher re-runs this file by path, possibly from another folder.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from src.train.launch import main  # noqa: E402
+from src.train.launch import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -31,13 +31,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+import torch
+import torch.nn as nn
 
-from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft  # noqa: E402
+from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft
 
 VARIANTS = {
     "lora-r32": LoraConfig(r=32, alpha=32.0),

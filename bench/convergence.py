@@ -22,17 +22,16 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import machine_info, markdown_table, write_json  # noqa: E402
-from demo.quickstart import SIZES, Quickstart  # noqa: E402
-from src.checkpoint.files import write_text_atomic  # noqa: E402
-from src.checkpoint.io import load_rwkv  # noqa: E402
-from src.model import RWKV6  # noqa: E402
-from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft  # noqa: E402
-from src.train.plots import plot_loss_curves, read_metrics  # noqa: E402
+from bench.common import machine_info, markdown_table, write_json
+from demo.quickstart import SIZES, Quickstart
+from src.checkpoint.files import write_text_atomic
+from src.checkpoint.io import load_rwkv
+from src.model import RWKV6
+from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft
+from src.train.plots import plot_loss_curves, read_metrics
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -1,10 +1,11 @@
 """Table 7 of the Bone paper (memory and throughput of fine-tuning), measured on this framework.
 
 For each strategy — full fine-tune, LoRA r=32, Bone b=64 materialised (the paper's implementation), the same with
-Bone-only checkpointing, the same with whole-layer checkpointing, Bone b=64 factored (ours) and Bone-col b=64 —
-it reports the trainable parameters, the peak memory and the tokens/s of real training steps (forward, masked
-cross-entropy, backward, optimizer step, through the training module train.py uses), as the median of several
-steps after warm-up. Every row runs in a fresh process, so its memory peak is its own.
+Bone-only checkpointing, the same with whole-layer checkpointing, Bone b=64 factored (ours), MiSS r=64 (default
+form), MiSS-mini r=64 mini_r=64 and Bone-col b=64 — it reports the trainable parameters, the peak memory and the
+tokens/s of real training steps (forward, masked cross-entropy, backward, optimizer step, through the training
+module train.py uses), as the median of several steps after warm-up. Every row runs in a fresh process, so its
+memory peak is its own.
 
     python bench/table7.py                      # auto: CUDA if present, else the CPU table
     python bench/table7.py --device cpu         # scaled shape, fp32, torch WKV op, peak RSS per process
@@ -24,10 +25,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.common import (  # noqa: E402  (the repo root must be on sys.path first)
+from bench.common import (
     load_note,
     machine_info,
     markdown_table,
@@ -37,7 +36,7 @@ from bench.common import (  # noqa: E402  (the repo root must be on sys.path fir
     slug,
     write_json,
 )
-from src.checkpoint.files import write_text_atomic  # noqa: E402
+from src.checkpoint.files import write_text_atomic
 
 # Model shapes. vocab 65536 is the world tokenizer's; the CPU shape is scaled down to run in minutes.
 SHAPES = {
@@ -63,6 +62,8 @@ ROWS = {
     "bone_mat_layer_ckpt": ("Bone b=64, materialised + layer checkpoint",
                             ("bone", {"b": 64, "impl": "materialize"}), True),
     "bone_factored": ("Bone b=64, factored (ours)", ("bone", {"b": 64, "impl": "factored"}), False),
+    "miss": ("MiSS r=64 (default form)", ("miss", {"r": 64}), False),
+    "miss_mini": ("MiSS-mini r=64 mini_r=64", ("miss", {"r": 64, "form": "mini", "mini_r": 64}), False),
     "bone_col": ("Bone-col b=64 (materialised)", ("bone", {"b": 64, "grouping": "col"}), False),
 }
 
@@ -115,10 +116,10 @@ def build_model(shape: dict, layer_checkpointing: bool, wkv_op: str, device, dty
 
 
 def make_adapter_config(spec):
-    from src.peft import BoneConfig, LoraConfig
+    from src.peft import METHODS
 
     kind, kwargs = spec
-    return {"lora": LoraConfig, "bone": BoneConfig}[kind](**kwargs)
+    return METHODS[kind].config(**kwargs)
 
 
 def make_train_step(model, batch):

@@ -31,12 +31,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.common import (  # noqa: E402  (the repo root must be on sys.path first)
+from bench.common import (
     cuda_memory_mb,
     load_note,
     machine_info,
@@ -47,10 +45,10 @@ from bench.common import (  # noqa: E402  (the repo root must be on sys.path fir
     timed_steps,
     write_json,
 )
-from src.checkpoint.files import write_text_atomic  # noqa: E402
-from src.ops import wkv6  # noqa: E402
-from src.ops.wkv6_sequential import wkv6_sequential  # noqa: E402
-from src.ops.wkv6_torch import DEFAULT_CHUNK_LEN, wkv6_torch  # noqa: E402
+from src.checkpoint.files import write_text_atomic
+from src.ops import wkv6
+from src.ops.wkv6_sequential import wkv6_sequential
+from src.ops.wkv6_torch import DEFAULT_CHUNK_LEN, wkv6_torch
 
 RESULTS = ROOT / "bench" / "results"
 CPU_SHAPE = dict(B=1, T=512, H=32, N=64)

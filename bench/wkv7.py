@@ -28,13 +28,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
-from bench.common import (  # noqa: E402  (the repo root must be on sys.path first)
+from bench.common import (
     cuda_memory_mb,
     load_note,
     machine_info,
@@ -45,9 +43,9 @@ from bench.common import (  # noqa: E402  (the repo root must be on sys.path fir
     timed_steps,
     write_json,
 )
-from src.checkpoint.files import write_text_atomic  # noqa: E402
-from src.ops.wkv7_sequential import wkv7_sequential  # noqa: E402
-from src.ops.wkv7_torch import DEFAULT_CHUNK_LEN, wkv7_torch  # noqa: E402
+from src.checkpoint.files import write_text_atomic
+from src.ops.wkv7_sequential import wkv7_sequential
+from src.ops.wkv7_torch import DEFAULT_CHUNK_LEN, wkv7_torch
 
 RESULTS = ROOT / "bench" / "results"
 CPU_SHAPE = dict(B=1, T=512, H=16, N=64)

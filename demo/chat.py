@@ -1,4 +1,4 @@
-"""Chat with an RWKV6 checkpoint: a merged model, or a base model plus an adapter merged in memory.
+"""Chat with an RWKV6 or RWKV-7 checkpoint: a merged model, or a base model plus an adapter merged in memory.
 
     python demo/chat.py --model merged.pth                        # interactive
     python demo/chat.py --base base.pth --adapter adapter.pth     # merges in memory, then the same
@@ -29,30 +29,37 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids  # noqa: E402
-from src.checkpoint.files import save_atomic  # noqa: E402
-from src.checkpoint.io import check_finite_tensors, load_for_inference, read_checkpoint  # noqa: E402
-from src.model import DTYPES  # noqa: E402
-from src.peft import read_adapter  # noqa: E402
-from src.peft.merged import serving_weights  # noqa: E402
+from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids
+from src.checkpoint.files import save_atomic
+from src.checkpoint.io import check_finite_tensors, detect_rwkv_version, load_for_inference, read_checkpoint
+from src.model import DTYPES
+from src.peft import read_adapter
+from src.peft.merged import serving_weights
 
 TURN_SEPARATOR = "\n\n"
 BYTE_VOCAB_MAX = 256
 
 
 class RwkvPackageEngine:
-    """Logits from the `rwkv` pip package's RWKV6 (rwkv.model.RWKV); main() sets its RWKV_* variables first."""
+    """Logits from the `rwkv` pip package's RWKV6 or RWKV-7 (rwkv.model.RWKV, which is its RWKV_x070 class when
+    RWKV_V7_ON=1 was set before the first import); main() sets its RWKV_* variables first."""
 
     name = "rwkv"
 
-    def __init__(self, pth_path, strategy):
-        from rwkv.model import RWKV
+    def __init__(self, pth_path, strategy, arch="x060"):
+        import rwkv.model
 
-        self.model = RWKV(model=str(pth_path), strategy=strategy, verbose=False)
-        self.vocab_size = int(self.model.w["emb.weight"].shape[0])
+        if hasattr(rwkv.model, "RWKV_x070") != (arch == "x070"):  # the variable is read once, at first import
+            raise RuntimeError(f"the rwkv package was imported in this process with RWKV_V7_ON="
+                               f"{'1' if arch != 'x070' else 'unset'}, which cannot serve this {arch} model; "
+                               f"run the chat in a fresh process")
+        if arch == "x070":  # RWKV_x070 takes the path without .pth (it appends it) and has no verbose flag
+            self.model = rwkv.model.RWKV(model=str(pth_path)[: -len(".pth")], strategy=strategy)
+            self.vocab_size = int(self.model.z["emb.weight"].shape[0])
+        else:
+            self.model = rwkv.model.RWKV(model=str(pth_path), strategy=strategy, verbose=False)
+            self.vocab_size = int(self.model.w["emb.weight"].shape[0])
 
     def forward(self, tokens, state):
         """Feed tokens (a list of ids) after `state`; the last position's logits (fp32, CPU) and the new state."""
@@ -206,14 +213,18 @@ def resolve_source(args, parser):
                  "(no checkpoint yet? `bash scripts/quickstart.sh` trains a tiny one offline)")
 
 
-def set_rwkv_package_environment(device):
-    """The `rwkv` package reads these when rwkv.model is first imported: set them before that import."""
+def set_rwkv_package_environment(device, arch="x060"):
+    """The `rwkv` package reads these when rwkv.model is first imported: set them before that import.
+    arch: 'x060' (RWKV6) or 'x070' (RWKV-7), as src.checkpoint.io.detect_rwkv_version names the weights."""
     use_cuda = device == "cuda"
     os.environ["RWKV_JIT_ON"] = "1" if use_cuda else "0"
     # Its CUDA kernels are compiled on import; without nvcc the package would fail to build them.
     os.environ["RWKV_CUDA_ON"] = "1" if use_cuda and shutil.which("nvcc") else "0"
-    # RWKV_V7_ON=1 swaps in the RWKV-7 class, which cannot load an RWKV6 checkpoint.
-    os.environ.pop("RWKV_V7_ON", None)
+    # RWKV_V7_ON=1 swaps in the RWKV-7 class, which cannot load an RWKV6 checkpoint (nor RWKV6's class an x070).
+    if arch == "x070":
+        os.environ["RWKV_V7_ON"] = "1"
+    else:
+        os.environ.pop("RWKV_V7_ON", None)
 
 
 def build_engine(args, state_dict, pth_path, device, precision, workdir):
@@ -223,8 +234,9 @@ def build_engine(args, state_dict, pth_path, device, precision, workdir):
     if pth_path is None or pth_path.suffix != ".pth":
         # The rwkv package loads weights from a .pth file only: hand it the merged weights through one.
         pth_path = save_atomic(state_dict, Path(workdir) / "merged.pth")
-    set_rwkv_package_environment(device)
-    return RwkvPackageEngine(pth_path, f"{device} {precision}")
+    arch = detect_rwkv_version(state_dict)
+    set_rwkv_package_environment(device, arch)
+    return RwkvPackageEngine(pth_path, f"{device} {precision}", arch)
 
 
 def read_prompts(args):

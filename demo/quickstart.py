@@ -28,12 +28,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from src.peft.adapter_io import read_adapter  # noqa: E402
-from src.train.plots import plot_loss_curves, read_metrics  # noqa: E402
+from src.peft.adapter_io import read_adapter
+from src.train.plots import plot_loss_curves, read_metrics
 
 
 @dataclass(frozen=True)

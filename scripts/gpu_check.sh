@@ -299,6 +299,8 @@ else
   echo "GPU check ($SIZE_NOTE), budget ${BUDGET_S}s, work folder $WORK, logs in $LOGS"
 fi
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The project is not pip-installed on the GPU machine: its root goes on the path instead.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 # ---------------------------------------------------------------- 1. wheels
 mapfile -t PINS < <(bash scripts/prepare_gpu_wheels.sh --print-pins)

@@ -1,12 +1,11 @@
-"""Shared test setup: the repo root on sys.path, and GPU tests skipped where no CUDA device is present."""
+"""Shared test setup: markers, and GPU tests skipped where no CUDA device is present. (The repo root is on
+sys.path through pytest.ini's `pythonpath`, and the package is installed with `pip install -e .`.)"""
 import os
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 
 def pytest_configure(config):

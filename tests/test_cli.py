@@ -444,3 +444,17 @@ def test_after_a_non_finite_loss_with_no_known_good_checkpoint_only_fresh_helps(
     assert "no checkpoint is known good" in message and "checkpoint step 1 was written from weights that led to it"\
         in message and "Only --fresh helps now" in message
     assert folder.is_dir()  # nothing is removed when there is nothing good to go back to
+
+
+def test_read_only_proj_dir_is_refused(tiny, tmp_path, capsys, monkeypatch):
+    import src.checkpoint.files as files
+
+    real_access = os.access
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    # Tests may run as root, which writes anywhere: let os.access report the folder as a read-only mount would.
+    monkeypatch.setattr(files.os, "access", lambda path, mode: False if str(path) == str(read_only)
+                        else real_access(path, mode))
+    expect_error(tiny_run_args(tiny, read_only), capsys, f"--proj_dir {read_only} is not writable")
+    expect_error(tiny_run_args(tiny, read_only / "new" / "run"), capsys,
+                 f"its nearest existing folder {read_only} is not writable")

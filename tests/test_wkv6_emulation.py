@@ -22,9 +22,11 @@ kernel and fails when any one __syncthreads() is removed; a barrier in divergent
 through `src.ops.wkv6(..., op="cuda")` with the emulated build, the autograd Function and a small RWKV6 model
 against op="torch".
 
-CI cost: four torch-extension builds (fp32/bf16 x head size 16/64; about 30 s of compiler time each, two at a
-time) on a cold cache in $TORCH_EXTENSIONS_DIR/wkv6_emulation, plus the torch-free race-check programs.
+CI cost: three torch-extension builds (fp32-N16, fp32-N64, bf16-N64; see BUILDS) of about 40 s of compiler time
+each, two at a time, on a cold cache in $TORCH_EXTENSIONS_DIR/wkv6_emulation, plus the torch-free race-check
+programs (a few seconds each); a warm cache rebuilds nothing, and a kernel change recompiles only the kernel.
 """
+import os
 import re
 import statistics
 
@@ -41,7 +43,12 @@ from tests.emulation.fixtures import emulated_wkv6_cuda  # noqa: F401  (the fixt
 NAMES = ("y", "state", "gr", "gk", "gv", "gw", "gu", "gs0")
 FP32_OUTPUTS = ("state", "gu", "gs0")  # always float32, whatever the element type
 DTYPE_NAME = {torch.float32: "fp32", torch.bfloat16: "bf16"}
-BUILDS = [(16, torch.float32), (16, torch.bfloat16), (64, torch.float32), (64, torch.bfloat16)]
+# The torch-extension builds (each costs about 40 s of compiler time on a cold cache, almost all of it parsing
+# torch/extension.h). bf16 at head size 16 adds no code path that bf16-N64 and fp32-N16 do not cover, so CI leaves
+# it out to stay within its time budget; WKV6_EMULATION_FULL_MATRIX=1 adds it.
+BUILDS = [(16, torch.float32), (64, torch.float32), (64, torch.bfloat16)]
+if os.environ.get("WKV6_EMULATION_FULL_MATRIX") == "1":
+    BUILDS.insert(1, (16, torch.bfloat16))
 BUILD_IDS = [f"{DTYPE_NAME[d]}-N{n}" for n, d in BUILDS]
 T_VALUES = (1, 2, 3, 17, 64)
 BATCH_HEADS = {16: (2, 3), 64: (3, 2)}  # (B, H), B != H
@@ -265,7 +272,7 @@ __global__ void barrier_in_divergent_code(float* out) {
 }
 
 __global__ void one_slow_thread(float* out) {
-    if (threadIdx.x == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+    if (threadIdx.x == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1000));
     __syncthreads();
     out[threadIdx.x] = 1.f;
 }
@@ -302,7 +309,7 @@ def test_deadlock_guard_reports_a_barrier_in_divergent_code(tmp_path):
     print("\n" + divergent.stdout.strip())
     assert divergent.returncode == 1, divergent.stdout + divergent.stderr
     assert "deadlock" in divergent.stdout and "threads 0, 1" in divergent.stdout
-    slow = emu.run_program(program, ["slow"], timeout_s=60, env={"CUDA_EMU_BARRIER_TIMEOUT_S": "0.3"})
+    slow = emu.run_program(program, ["slow"], timeout_s=60, env={"CUDA_EMU_BARRIER_TIMEOUT_S": "0.2"})
     print(slow.stdout.strip())
     assert slow.returncode == 1 and "barrier timeout" in slow.stdout, slow.stdout + slow.stderr
 
@@ -313,10 +320,10 @@ def op_results(op, inputs, dtype):
     return autograd_results(lambda *args: wkv6(*args, op=op), inputs, dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_wkv6_op_cuda_on_the_emulated_build(builds, emulated_wkv6_cuda, dtype):
+@pytest.mark.parametrize("build", [(16, torch.float32), (64, torch.bfloat16)], ids=["fp32-N16", "bf16-N64"])
+def test_wkv6_op_cuda_on_the_emulated_build(builds, emulated_wkv6_cuda, build):
     """wkv6(..., op="cuda") on CPU tensors: the real Wkv6CudaFunction, forward and backward, on the emulation."""
-    N = 16
+    N, dtype = build
     B, H = BATCH_HEADS[N]
     inputs = make_inputs(B, 9, H, N, dtype, "typical", seed=11)
     ext = builds[(N, dtype)]

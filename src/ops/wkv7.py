@@ -70,8 +70,10 @@ def _check_inputs(r, w, k, v, a, b, state) -> None:
 
 
 def wkv7_cuda(r, w, k, v, a, b, state=None):
-    """Hook for the WKV7 CUDA kernel (same arguments and results as `wkv7_torch`); not built yet."""
-    raise RuntimeError(f"wkv7: op 'cuda' is not available: {CUDA_MISSING}. Use op='torch'.")
+    """The WKV7 CUDA kernel (src/ops/wkv7_cuda.py; same arguments and results as `wkv7_torch`)."""
+    from src.ops.wkv7_cuda import wkv7_cuda as run_kernel  # imported on use: it pulls in the build machinery
+
+    return run_kernel(r, w, k, v, a, b, state)
 
 
 def wkv7(

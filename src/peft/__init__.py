@@ -1,4 +1,4 @@
-"""Parameter-efficient fine-tuning for RWKV6 (and any nn.Module with nn.Linear layers): Bone, LoRA, PiSSA.
+"""Parameter-efficient fine-tuning for RWKV6 (and any nn.Module with nn.Linear layers): Bone, LoRA, PiSSA, MiSS.
 
     from src.peft import BoneConfig, apply_peft, merge_peft, save_adapter, load_adapter
     names = apply_peft(model, BoneConfig(b=64), targets=None, train_parts=parse_parts("time,ln"))
@@ -6,6 +6,7 @@
 Layout (one concern per file; imports run down this list, never up):
     base         the adapter contract (AdapterConfig, AdapterLinear) and the helpers every method shares
     bone, lora   the methods: Bone; LoRA and PiSSA
+    miss         the method MiSS (HF peft's MissConfig forms default and mini)
     registry     method name -> (config class, adapter class): the one list of methods
     targets      which modules get adapters, which other parameters train
     fingerprint  which base model an adapter belongs to
@@ -30,6 +31,7 @@ from src.peft.inject import (
     merge_peft,
 )
 from src.peft.lora import LoraConfig, LoraLinear, PissaConfig, PissaLinear
+from src.peft.miss import MissConfig, MissLinear
 from src.peft.registry import METHODS, config_from_dict
 from src.peft.summary import format_peft_table, peft_summary
 from src.peft.targets import DEFAULT_TARGETS, parse_parts, resolve_targets
@@ -40,4 +42,5 @@ __all__ = [
     "parse_parts", "resolve_targets", "config_from_dict", "get_peft_state", "PeftState", "DEFAULT_TARGETS",
     "peft_summary", "format_peft_table", "AdapterConfig", "AdapterLinear", "BoneLinear", "LoraLinear",
     "PissaLinear", "METHODS", "make_adapter", "adapter_modules", "peft_config_from_flags", "field_default",
+    "MissConfig", "MissLinear",
 ]

@@ -11,7 +11,7 @@ import hashlib
 import torch
 import torch.nn as nn
 
-from src.peft.targets import name_matches, resolve_targets
+from src.peft.targets import generation_of, name_matches, resolve_targets
 
 FINGERPRINT_SAMPLES = 4096
 
@@ -39,7 +39,9 @@ def base_fingerprint(state_dict_or_model, targets=None) -> str:
     For a model that apply_peft already adapted, the fingerprint recorded before adapting is returned (PiSSA
     replaces W by its residual, so the weights in the model are no longer the base).
     """
-    suffixes = resolve_targets(targets)
+    names = (state_dict_or_model.state_dict() if isinstance(state_dict_or_model, nn.Module)
+             else state_dict_or_model if isinstance(state_dict_or_model, dict) else {})
+    suffixes = resolve_targets(targets, generation_of(names))
     if isinstance(state_dict_or_model, nn.Module):
         state = getattr(state_dict_or_model, "peft_state", None)
         if state is not None and state.base_fingerprint and (targets is None or suffixes == state.targets):

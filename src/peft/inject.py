@@ -17,7 +17,7 @@ import torch.nn as nn
 from src.peft.base import AdapterConfig, AdapterLinear
 from src.peft.fingerprint import fingerprint_weights
 from src.peft.registry import method_of
-from src.peft.targets import name_matches, parse_parts, resolve_targets
+from src.peft.targets import generation_of, name_matches, parse_parts, resolve_targets
 
 
 @dataclass
@@ -56,8 +56,9 @@ def make_adapter(linear: nn.Linear, config: AdapterConfig, initialise: bool = Tr
 def apply_peft(model: nn.Module, config: AdapterConfig, targets=None, train_parts=()) -> list:
     """Wrap the targeted nn.Linear modules of `model` with `config`'s adapter and choose what trains.
 
-    targets: None (the RWKV6 projections att.{receptance,key,value,gate,output}, ffn.{key,receptance,value}),
-    'att', 'ffn', or a list of module-name suffixes. train_parts: substrings of parameter names to train as well
+    targets: None (the projections of the model's generation: RWKV6 att.{receptance,key,value,gate,output},
+    ffn.{key,receptance,value}; RWKV-7 att.{receptance,key,value,output}, ffn.{key,value}), 'att', 'ffn' (those of
+    the generation), or a list of module-name suffixes; every suffix must match a module. train_parts: substrings of parameter names to train as well
     (e.g. ('time', 'ln') or the string 'time,ln'); the base weights of adapted layers stay frozen regardless.
     Returns the full names of the adapted modules. Everything is checked before the model is changed.
     """
@@ -85,7 +86,8 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train
     method_of(config)
     if getattr(model, "peft_state", None) is not None or adapter_modules(model):
         raise ValueError("this model already has adapters: merge_peft(model) first, or start from a fresh model")
-    suffixes = resolve_targets(targets)
+    generation = generation_of(n for n, _ in model.named_parameters())
+    suffixes = resolve_targets(targets, generation)
     parts = parse_parts(train_parts)
 
     matched = [(n, m) for n, m in model.named_modules() if n and name_matches(n, suffixes)]
@@ -98,6 +100,12 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train
             f"adapter targets {list(suffixes)} match no module of this model; its nn.Linear modules are "
             f"{linears[:12]}{' ...' if len(linears) > 12 else ''}"
         )
+    absent = [s for s in suffixes if not any(name_matches(n, (s,)) for n, _ in matched)]
+    if absent:  # never skipped silently: e.g. att.gate, ffn.receptance asked of an RWKV-7, which has neither
+        kind = "this RWKV-7 (x070) model" if generation == "x070" else "this model"
+        found = [s for s in suffixes if s not in absent]
+        raise ValueError(f"adapter targets {absent} match no module of {kind} (the other targets {found} do); "
+                         f"drop them from --peft_targets")
     problems = [config.target_problem(n, m.out_features, m.in_features) for n, m in matched]
     problems = [p for p in problems if p is not None]
     if problems:

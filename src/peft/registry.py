@@ -7,6 +7,7 @@ from typing import NamedTuple
 from src.peft.base import AdapterConfig
 from src.peft.bone import BoneConfig, BoneLinear
 from src.peft.lora import LoraConfig, LoraLinear, PissaConfig, PissaLinear
+from src.peft.miss import MissConfig, MissLinear
 
 
 class Method(NamedTuple):
@@ -18,6 +19,7 @@ METHODS = {
     "bone": Method(BoneConfig, BoneLinear),
     "lora": Method(LoraConfig, LoraLinear),
     "pissa": Method(PissaConfig, PissaLinear),
+    "miss": Method(MissConfig, MissLinear),
 }
 
 

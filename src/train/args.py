@@ -3,7 +3,7 @@
 Flag names and meanings follow RWKV-PEFT / RWKV-LM (`--load_model --proj_dir --data_file --data_type --vocab_size
 --ctx_len --epoch_steps --epoch_count --epoch_begin --epoch_save --micro_bsz --n_layer --n_embd --strategy --grad_cp
 --dataload --loss_mask --peft --train_parts --lr_init --lr_final --warmup_steps --beta1 --beta2 --adam_eps
---weight_decay --bone_config --lora_config --pissa_config ...`). Differences, on purpose:
+--weight_decay --bone_config --lora_config --pissa_config --miss_config ...`). Differences, on purpose:
 
 - `--train_parts` is a comma-separated list ("time,ln") and defaults to none: only the adapter trains. RWKV-PEFT's
   default "time,ln" also trains ~22.8M (1.6B), 38.0M (3B), 119.6M (7B) mixing/decay parameters; pass
@@ -23,7 +23,7 @@ from typing import Optional
 
 from src.data.dataset import DATA_TYPES, DATALOADS, LOSS_MASKS
 from src.ops import WKV_REQUESTS
-from src.peft import METHODS, BoneConfig, LoraConfig, PissaConfig, field_default
+from src.peft import METHODS, BoneConfig, LoraConfig, MissConfig, PissaConfig, field_default
 
 DEEPSPEED_STRATEGIES = {
     "deepspeed_stage_1": dict(stage=1),
@@ -48,6 +48,8 @@ LR_SCHEDULES = {"exp": "exp", "exponential": "exp", "cos": "cos", "cosine": "cos
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}
 TOKENIZERS = ("auto", "world", "byte")
 OPTIMIZERS = ("adamw", "adam")
+# --arch / --my_testing (RWKV-PEFT's spelling): the RWKV generation, as src.checkpoint.io.detect_rwkv_version names it
+ARCHES = {"x060": "x060", "x070": "x070", "rwkv6": "x060", "rwkv7": "x070"}
 # Settings a resume may change (--change_on_resume): the lr schedule and gradient clipping are applied afresh at
 # every step, so they take effect on a restored optimizer; everything else must match the checkpoint's run.
 CHANGEABLE_ON_RESUME = ("lr_init", "lr_final", "lr_schedule", "warmup_steps", "gradient_clip_val")
@@ -93,6 +95,9 @@ class TrainConfig:
                                       + ", ".join(CHANGEABLE_ON_RESUME) + " (e.g. a lower lr after a non-finite loss)")
     seed: int = _flag(0, "random seed (model init, LoRA init, data order)", type=int, flags=("--random_seed",))
     # model
+    arch: Optional[str] = _flag(None, "model generation: x060 (RWKV6) | x070 (RWKV-7); default: the --load_model "
+                                      "checkpoint's (checked against it when given), x060 for a new model",
+                                flags=("--my_testing",))
     load_model: Optional[str] = _flag(None, "base RWKV6 .pth (official layout); omit only with --peft none to "
                                             "train a new model")
     n_layer: Optional[int] = _flag(None, "layers (new model; checked against --load_model if given)", type=int)
@@ -135,7 +140,8 @@ class TrainConfig:
     beta2: float = _flag(0.99, "Adam beta2", type=float)
     adam_eps: float = _flag(1e-8, "Adam epsilon", type=float)
     weight_decay: float = _flag(0.0, "weight decay of >= 2-D trainable tensors", type=float)
-    layerwise_lr: int = _flag(1, "1: time_decay trains at 2x lr as in RWKV; 0: one lr for all", type=int)
+    layerwise_lr: int = _flag(1, "1: time_decay (RWKV6) / att.w0 (RWKV-7) trains at 2x lr as in RWKV; 0: one lr "
+                                 "for all", type=int)
     gradient_clip_val: float = _flag(1.0, "clip the gradient norm (0: off)", type=float)
     # peft
     peft: str = _flag("none", "none (full fine-tune) | " + " | ".join(METHODS))
@@ -155,6 +161,14 @@ class TrainConfig:
     lora_config: Optional[str] = _flag(None, "LoRA settings as JSON (r, alpha, dropout or lora_r, ...)")
     svd_niter: int = _flag(field_default(PissaConfig, "svd_niter"), "PiSSA: svd_lowrank iterations", type=int)
     pissa_config: Optional[str] = _flag(None, "PiSSA settings as JSON (r, alpha, svd_niter or pissa_r, ...)")
+    miss_r: int = _flag(field_default(MissConfig, "r"), "MiSS block width r (HF peft's r; must divide every adapted "
+                                                        "in_features)", type=int)
+    miss_form: str = _flag(field_default(MissConfig, "form"), "MiSS form: default (a (r, out) shard) | mini (an "
+                                                              "(r, mini_r) shard tiled over the output)")
+    miss_mini_r: int = _flag(field_default(MissConfig, "mini_r"), "MiSS mini form: the shard's output width (must "
+                                                                  "divide every adapted out_features)", type=int)
+    miss_config: Optional[str] = _flag(None, "MiSS settings as JSON in HF peft's MissConfig keys, e.g. "
+                                             "'{\"r\": 64, \"init_weights\": \"mini\", \"mini_r\": 64}'")
     # engine
     strategy: str = _flag("deepspeed_stage_2", "deepspeed_stage_{1,2,3}[_offload], ddp, auto (single device)")
     accelerator: str = _flag("auto", "auto | cpu | gpu")
@@ -167,7 +181,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self._coerce_types()
-        for name in ("load_model", "data_file", "peft_targets", "bone_config", "lora_config", "pissa_config"):
+        for name in ("load_model", "data_file", "peft_targets", "bone_config", "lora_config", "pissa_config",
+                     "miss_config"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, None)  # an empty value (e.g. from a YAML template) means "not given"
         self._validate()
@@ -212,6 +227,8 @@ class TrainConfig:
         self.tokenizer = choose("tokenizer", TOKENIZERS)
         self.optim = choose("optim", OPTIMIZERS)
         self.wkv_op = choose("wkv_op", WKV_REQUESTS)
+        if self.arch is not None:
+            self.arch = choose("arch", ARCHES)
         self.data_type = choose("data_type", DATA_TYPES)
         self.dataload = choose("dataload", DATALOADS)
         self.strategy = choose("strategy", STRATEGY_NAMES)

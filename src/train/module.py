@@ -1,9 +1,10 @@
-"""The LightningModule that trains an RWKV6 model: masked cross-entropy with RWKV's L2Wrap, optimizer groups, lr.
+"""The LightningModule that trains an RWKV6 or RWKV-7 model: masked cross-entropy with RWKV's L2Wrap, optimizer groups, lr.
 
 Loss of a micro-batch (per rank): sum_t CE_t * mask_t / max(sum_t mask_t, 1), CE in float32, then L2Wrap, which
 leaves the value unchanged and adds RWKV's logit penalty to the gradient (see `L2Wrap`).
 """
 import dataclasses
+import re
 from typing import Optional
 
 import pytorch_lightning as pl
@@ -53,23 +54,37 @@ def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torc
     return (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+# RWKV-7 (x070) time-mix parameters that are not `.weight` matrices: the (1,1,C) mixes and biases, the (in, out)
+# w/a/v/g mini-LoRA matrices and the (H, N) bonus r_k. RWKV-LM's train_temp gives none of them weight decay
+# (its decay group is ">= 2-D and '.weight' in the name"); adapter tensors (Bone blocks, LoRA factors) still decay.
+X070_MIXING = re.compile(r"(^|\.)att\.(x_[rwkvag]|[wav]0|[wavg][12]|k_k|k_a|r_k)$|(^|\.)ffn\.x_k$")
+
+
 def lr_scale_of(name: str, layerwise_lr: bool) -> float:
-    """RWKV's layerwise lr: time_decay (not its _w1/_w2 mini-LoRA) trains at 2x, everything else at 1x."""
+    """RWKV's layerwise lr: RWKV6's time_decay (not its _w1/_w2 mini-LoRA) and RWKV-7's decay bias att.w0 (not
+    w1/w2) train at 2x, everything else at 1x."""
     if layerwise_lr and "time_decay" in name and not name.endswith(("_w1", "_w2")):
+        return 2.0
+    if layerwise_lr and (name == "att.w0" or name.endswith(".att.w0")):
         return 2.0
     return 1.0
 
 
+def decays_weight(name: str, param) -> bool:
+    """Whether weight decay applies: tensors with 2 or more non-unit dims (weights, Bone blocks, LoRA factors),
+    but never RWKV6's time_* parameters nor RWKV-7's time-mix parameters (X070_MIXING: w1..g2, r_k)."""
+    return param.squeeze().dim() >= 2 and "time_" not in name and not X070_MIXING.search(name)
+
+
 def optimizer_groups(named_parameters, weight_decay: float, layerwise_lr: bool) -> list:
-    """Trainable parameters grouped by (lr scale, weight decay), as RWKV groups them: weight decay applies to
-    tensors with 2 or more non-unit dims (weights, Bone blocks, LoRA factors) but never to the time_* mixing and
-    decay parameters; time_decay trains at 2x lr with layerwise_lr."""
+    """Trainable parameters grouped by (lr scale, weight decay), as RWKV groups them: weight decay as
+    `decays_weight` says, 2x lr as `lr_scale_of` says (with layerwise_lr)."""
     groups = {}
     for name, param in named_parameters:
         if not param.requires_grad:
             continue
         scale = lr_scale_of(name, layerwise_lr)
-        decays = weight_decay > 0 and param.squeeze().dim() >= 2 and "time_" not in name
+        decays = weight_decay > 0 and decays_weight(name, param)
         decay = weight_decay if decays else 0.0
         group = groups.setdefault((scale, decay), {"params": [], "my_lr_scale": scale, "weight_decay": decay})
         group["params"].append(param)

@@ -13,11 +13,12 @@ from typing import Optional
 import torch
 
 from src.checkpoint.files import check_writable_folder, file_identity, refuse_overwriting_inputs
-from src.checkpoint.io import check_finite_tensors, load_rwkv, read_checkpoint
+from src.checkpoint.io import check_finite_tensors, detect_rwkv_version, load_rwkv, read_checkpoint
 from src.data import DataConfig, TokenDataset, build_dataset, get_tokenizer
 from src.data.binidx import binidx_prefix
-from src.model import DTYPES, RWKV6, RWKV6Config
+from src.model import DTYPES, RWKV6, RWKV7, RWKV6Config, RWKV7Config
 from src.ops import resolve_wkv_op
+from src.ops.wkv7 import resolve_wkv7_op
 from src.ops.wkv6_cuda import build_max_t_for, configure_wkv6_cuda, kernel_limit_problem
 from src.peft import AdapterConfig, apply_peft, parse_parts, peft_config_from_flags
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
@@ -53,11 +54,21 @@ WKV_DTYPE = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float3
 
 
 def choose_wkv_op(cfg: TrainConfig, accelerator: str, precision: str, head_size: int,
-                  extensions_dir: Optional[str] = None, report=None) -> str:
+                  extensions_dir: Optional[str] = None, report=None, arch: str = "x060") -> str:
     """The WKV op of the run, chosen once for its device, head size and dtype; `report` gets auto's note.
-    extensions_dir: where kernel builds are cached (the launch layer passes TORCH_EXTENSIONS_DIR)."""
+    extensions_dir: where kernel builds are cached (the launch layer passes TORCH_EXTENSIONS_DIR).
+    arch: the model's generation; RWKV-7 (x070) chooses among the WKV7 ops (src.ops.wkv7.resolve_wkv7_op)."""
     dtype = WKV_DTYPE[precision]
     requested = cfg.wkv_op
+    if arch == "x070":
+        device = torch.device("cuda" if accelerator == "gpu" else "cpu")
+        try:
+            choice = resolve_wkv7_op(requested, device, head_size=head_size, dtype=dtype)
+        except RuntimeError as error:
+            raise TrainSetupError(str(error)) from None
+        if choice.note and report is not None:
+            report(choice.note)
+        return choice.op
     if requested != "torch":
         problem = kernel_limit_problem(head_size, dtype, cfg.ctx_len)
         if problem is not None and requested == "cuda":
@@ -82,26 +93,78 @@ def default_mini_lora_dims(n_embd: int) -> tuple:
     return (64, 128) if n_embd >= 4096 else (32, 64)
 
 
-def model_config_for(cfg: TrainConfig) -> RWKV6Config:
-    """The RWKV6Config of the run: read from --load_model (checked against any shape flags) or from the flags."""
+def default_x070_lora_dims(n_embd: int) -> tuple:
+    """(w, a, v, g) mini-LoRA widths of the released RWKV-7 models: max(32, round(k * C**p / 32) * 32) with (k, p)
+    (1.8, .5), (1.8, .5), (1.3, .5), (.6, .8), except g = 128 at C = 1024 (the 0.4B): 0.1B 64/64/32/128, 1.5B
+    96/96/64/256, 2.9B 96/96/64/320, 7.2B 128/128/96/480."""
+    def width(k, p):
+        return max(32, round(k * n_embd ** p / 32) * 32)
+
+    g = 128 if n_embd == 1024 else width(0.6, 0.8)
+    return width(1.8, 0.5), width(1.8, 0.5), width(1.3, 0.5), g
+
+
+GENERATION_NAMES = {"x060": "RWKV6 (x060)", "x070": "RWKV-7 (x070)"}
+X060_ONLY_FLAGS = ("dim_maa_lora", "dim_decay_lora")  # RWKV6's time_maa / time_decay mini-LoRA widths
+
+
+def arch_of(config) -> str:
+    """'x070' for an RWKV7Config, 'x060' for an RWKV6Config."""
+    return "x070" if isinstance(config, RWKV7Config) else "x060"
+
+
+def model_class_of(config):
+    """RWKV7 for an RWKV7Config, RWKV6 for an RWKV6Config."""
+    return RWKV7 if isinstance(config, RWKV7Config) else RWKV6
+
+
+def model_config_for(cfg: TrainConfig):
+    """The RWKV6Config or RWKV7Config of the run: read from --load_model, whose generation (x060 or x070) decides
+    the model (checked against --arch and any shape flags), or from --arch and the shape flags."""
     if cfg.load_model:
-        config = RWKV6Config.from_state_dict(read_checkpoint(cfg.load_model))  # memory-mapped: shapes only
-        given = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size, "dim_ffn": cfg.dim_ffn,
-                 "dim_maa_lora": cfg.dim_maa_lora, "dim_decay_lora": cfg.dim_decay_lora}
+        weights = read_checkpoint(cfg.load_model)  # memory-mapped: shapes only
+        arch = detect_rwkv_version(weights)
+        if cfg.arch is not None and cfg.arch != arch:
+            raise TrainSetupError(
+                f"--arch {cfg.arch} ({GENERATION_NAMES[cfg.arch]}) contradicts --load_model {cfg.load_model}, which "
+                f"is an {GENERATION_NAMES[arch]} checkpoint; drop --arch/--my_testing (the generation is read from "
+                f"the checkpoint) or pass the checkpoint you meant"
+            )
+        config = (RWKV7Config if arch == "x070" else RWKV6Config).from_state_dict(weights)
+        given = {"n_layer": cfg.n_layer, "n_embd": cfg.n_embd, "vocab_size": cfg.vocab_size, "dim_ffn": cfg.dim_ffn}
+        if arch == "x060":
+            given.update(dim_maa_lora=cfg.dim_maa_lora, dim_decay_lora=cfg.dim_decay_lora)
         wrong = [f"--{k} {v} (checkpoint: {getattr(config, k)})" for k, v in given.items()
                  if v is not None and v != getattr(config, k)]
+        if arch == "x070":
+            wrong += [f"--{k} {getattr(cfg, k)} (RWKV6 only)" for k in X060_ONLY_FLAGS if getattr(cfg, k) is not None]
         if cfg.head_size_a != config.head_size:
             wrong.append(f"--head_size_a {cfg.head_size_a} (checkpoint: {config.head_size})")
         if wrong:
             raise TrainSetupError(
                 f"{', '.join(wrong)} contradict{'s' if len(wrong) == 1 else ''} --load_model {cfg.load_model}, "
-                f"which is an RWKV6 L{config.n_layer} D{config.n_embd} vocab {config.vocab_size} model; drop "
-                f"these flags (the shape is read from the checkpoint) or pass the checkpoint you meant"
+                f"which is an {GENERATION_NAMES[arch].split(' ')[0]} L{config.n_layer} D{config.n_embd} vocab "
+                f"{config.vocab_size} model; drop these flags (the shape is read from the checkpoint) or pass the "
+                f"checkpoint you meant"
             )
     else:
         missing = [f"--{k}" for k in ("n_layer", "n_embd", "vocab_size") if getattr(cfg, k) is None]
         if missing:
             raise TrainSetupError(f"a new model needs {', '.join(missing)} (or pass --load_model BASE.pth)")
+        if cfg.arch == "x070":
+            given = [f"--{k}" for k in X060_ONLY_FLAGS if getattr(cfg, k) is not None]
+            if given:
+                raise TrainSetupError(f"{', '.join(given)} set RWKV6 mini-LoRA widths; an --arch x070 model reads "
+                                      f"its w/a/v/g widths from n_embd (drop them)")
+            w, a, v, g = default_x070_lora_dims(cfg.n_embd)
+            try:
+                config = RWKV7Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+                                     dim_ffn=cfg.dim_ffn, head_size=cfg.head_size_a, dim_w_lora=w, dim_a_lora=a,
+                                     dim_v_lora=v, dim_g_lora=g)
+            except ValueError as error:
+                raise TrainSetupError(str(error)) from None
+            config.layer_checkpointing = cfg.grad_cp == "layer"
+            return config
         maa, decay = default_mini_lora_dims(cfg.n_embd)
         config = RWKV6Config(
             n_layer=cfg.n_layer, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size, dim_ffn=cfg.dim_ffn,
@@ -152,7 +215,7 @@ def content_of(paths) -> Optional[dict]:
     return found or None
 
 
-def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_config: RWKV6Config,
+def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_config,
                precision: Optional[str] = None) -> dict:
     """Settings that a resumed run must share with the run that wrote the checkpoint (--change_on_resume lists
     the few that may differ). The base model and the data are identified by path and by content (size and a
@@ -162,6 +225,7 @@ def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_con
         "peft_targets": cfg.peft_targets, "train_parts": cfg.train_parts.strip(),
         "load_model": os.path.abspath(cfg.load_model) if cfg.load_model else None,
         "load_model_content": content_of([cfg.load_model]) if cfg.load_model else None,
+        "arch": arch_of(model_config),
         "n_layer": model_config.n_layer, "n_embd": model_config.n_embd, "vocab_size": model_config.vocab_size,
         "data_file": os.path.abspath(cfg.data_file), "data_content": content_of(data_files_of(cfg)),
         "data_type": cfg.data_type, "dataload": cfg.dataload, "loss_mask": cfg.loss_mask,
@@ -242,12 +306,12 @@ def check_no_previous_run(cfg: TrainConfig) -> None:
         )
 
 
-def check_adapter_fits(cfg: TrainConfig, model_config: RWKV6Config, peft_config: Optional[AdapterConfig]) -> None:
+def check_adapter_fits(cfg: TrainConfig, model_config, peft_config: Optional[AdapterConfig]) -> None:
     """Put the adapter into a meta-device model (no weights: instantaneous, as --dry_run does), so that a block
     size that divides no target, targets or --train_parts matching nothing, or --train_parts with --peft none are
     refused before the data is tokenized and the base loaded."""
     with torch.device("meta"):
-        model = RWKV6(model_config)
+        model = model_class_of(model_config)(model_config)
     try:
         apply_adapters(model, cfg, peft_config)
     except TrainSetupError:
@@ -297,7 +361,7 @@ class TrainingPlan:
     accelerator: str  # "gpu" or "cpu"
     precision: str  # "bf16", "fp16", "fp32" or "tf32"
     wkv_op: str  # chosen for the accelerator: "cuda" or "torch"
-    model_config: RWKV6Config
+    model_config: object  # RWKV6Config or RWKV7Config
     peft_config: Optional[AdapterConfig]  # None: a full fine-tune
     run_key: dict
     resume_point: Optional[ResumePoint]  # None: a fresh start
@@ -318,7 +382,7 @@ def plan_training(cfg: TrainConfig, extensions_dir: Optional[str] = None) -> Tra
     model_config = model_config_for(cfg)
     check_adapter_fits(cfg, model_config, peft_config)
     model_config.wkv_op = choose_wkv_op(cfg, accelerator, precision, model_config.head_size,
-                                        extensions_dir, report_on_stderr)
+                                        extensions_dir, report_on_stderr, arch=arch_of(model_config))
     if not cfg.data_file:
         raise TrainSetupError(DATA_FILE_REQUIRED)
     check_outputs(cfg)
@@ -355,8 +419,8 @@ def build_model(plan: TrainingPlan):
         check_finite_tensors(weights, f"--load_model {cfg.load_model}")  # NaN weights would make every loss NaN
         model = load_rwkv(weights, wkv_op=plan.wkv_op, dtype=dtype)
     else:
-        model = RWKV6(plan.model_config)
-        model.init_weights(seed=cfg.seed)
+        model = model_class_of(plan.model_config)(plan.model_config)
+        model.init_weights(seed=cfg.seed)  # RWKV6's / RWKV-7's official from-scratch init
         model.to(dtype=dtype)
     model.config.layer_checkpointing = plan.model_config.layer_checkpointing
     torch.manual_seed(cfg.seed)  # LoRA's random A: the same on every rank

@@ -5,15 +5,19 @@ from pathlib import Path
 
 import torch
 
-from src.model import RWKV6
 from src.peft import format_peft_table, peft_config_from_flags, peft_summary
 from src.train.args import QUICKSTART_HINT, TrainConfig
-from src.train.plan import TrainingPlan, TrainSetupError, apply_adapters, count_parameters, model_config_for
+from src.train.plan import (TrainingPlan, TrainSetupError, apply_adapters, arch_of, count_parameters,
+                            model_class_of, model_config_for)
 from src.train.plots import LOSS_PLOT, METRICS_FILE
 from src.train.resume import CHECKPOINT_DIR, read_resume_point
 
 
 def describe_model(config) -> str:
+    if arch_of(config) == "x070":
+        return (f"RWKV-7 (x070) L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size} "
+                f"heads {config.n_head}x{config.head_size} mini-LoRA w{config.dim_w_lora} a{config.dim_a_lora} "
+                f"v{config.dim_v_lora} g{config.dim_g_lora}")
     return (f"RWKV6 L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size} heads "
             f"{config.n_head}x{config.head_size}")
 
@@ -33,7 +37,7 @@ def dry_run(cfg: TrainConfig) -> int:
     peft_config = peft_config_from_flags(cfg)
     config = model_config_for(cfg)
     with torch.device("meta"):
-        model = RWKV6(config)
+        model = model_class_of(config)(config)
     adapted = apply_adapters(model, cfg, peft_config)
     trainable, total = count_parameters(model)
     print(f"model     {describe_model(config)}, {total:,} parameters "
@@ -44,7 +48,7 @@ def dry_run(cfg: TrainConfig) -> int:
     print(f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)")
     summary = {"trainable": trainable, "total": total, "adapted_modules": len(adapted), "method": cfg.peft,
                "peft_config": peft_config.to_dict() if peft_config else None,
-               "train_parts": cfg.train_parts.strip(), "n_layer": config.n_layer, "n_embd": config.n_embd,
+               "train_parts": cfg.train_parts.strip(), "arch": arch_of(config), "n_layer": config.n_layer, "n_embd": config.n_embd,
                "vocab_size": config.vocab_size, "dim_ffn": config.dim_ffn}
     print(json.dumps(summary), flush=True)
     return 0

@@ -121,10 +121,12 @@ def instrument_shared(text: str) -> Tuple[str, int]:
 
 
 def display_name(path: Path) -> str:
+    """The name compiler messages give a source: its path in the repository, else its file name (so a copy in a
+    temporary folder hashes the same from run to run)."""
     try:
         return str(path.resolve().relative_to(REPO_ROOT))
     except ValueError:
-        return str(path.resolve())
+        return path.name
 
 
 def transform_source(path: Path, race_check: bool = False) -> str:
