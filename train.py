@@ -6,9 +6,7 @@
 
 See src/train/launch.py for how a run is launched and src/train/args.py for the flags.
 """
-import os
 import sys
-
 
 from src.train.launch import main
 

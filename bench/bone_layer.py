@@ -11,6 +11,7 @@ materialised / + checkpoint.
 
 Speed: all variants of a setup are built in one process and timed interleaved (one step of each in turn), so load
 from other processes on the machine hits them alike; median of 20 steps after 3 warm-up rounds.
+
 Memory, each variant in a fresh subprocess: (1) bytes autograd keeps from forward to backward (unique storages of
 the saved tensors, parameters excluded), measured with torch.autograd.graph.saved_tensors_hooks; (2) the peak
 memory of a training step: the resident set's high-water mark over 3 steps minus the resident set before them,
@@ -30,12 +31,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import torch
 import torch.nn as nn
 
 from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = {
     "lora-r32": LoraConfig(r=32, alpha=32.0),

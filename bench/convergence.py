@@ -21,17 +21,16 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import torch
 
 from bench.common import machine_info, markdown_table, write_json
 from demo.quickstart import SIZES, Quickstart
 from src.checkpoint.files import write_text_atomic
 from src.checkpoint.io import load_rwkv
-from src.model import RWKV6
 from src.peft import BoneConfig, LoraConfig, PissaConfig, apply_peft
 from src.train.plots import plot_loss_curves, read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -17,14 +17,11 @@ CPU mode: a scaled shape chosen so the whole table runs in a few minutes on 2 co
 Results: bench/results/table7-<device>.json and .md (the paper's numbers and each row's ratio to LoRA beside ours).
 """
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 from bench.common import (
     load_note,
@@ -37,6 +34,8 @@ from bench.common import (
     write_json,
 )
 from src.checkpoint.files import write_text_atomic
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # Model shapes. vocab 65536 is the world tokenizer's; the CPU shape is scaled down to run in minutes.
 SHAPES = {
@@ -104,6 +103,7 @@ def fill_random_(model, seed: int) -> None:
 def build_model(shape: dict, layer_checkpointing: bool, wkv_op: str, device, dtype, seed: int):
     """An RWKV6 of the given shape with random weights, built on the meta device and filled in place."""
     import torch
+
     from src.model import RWKV6, RWKV6Config
 
     config = RWKV6Config(n_layer=shape["n_layer"], n_embd=shape["n_embd"], vocab_size=shape["vocab_size"],

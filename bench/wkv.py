@@ -30,8 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import torch
 
 from bench.common import (
@@ -49,6 +47,8 @@ from src.checkpoint.files import write_text_atomic
 from src.ops import wkv6
 from src.ops.wkv6_sequential import wkv6_sequential
 from src.ops.wkv6_torch import DEFAULT_CHUNK_LEN, wkv6_torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 CPU_SHAPE = dict(B=1, T=512, H=32, N=64)

@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-
 import torch
 import torch.nn.functional as F
 
@@ -46,6 +44,8 @@ from bench.common import (
 from src.checkpoint.files import write_text_atomic
 from src.ops.wkv7_sequential import wkv7_sequential
 from src.ops.wkv7_torch import DEFAULT_CHUNK_LEN, wkv7_torch
+
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 CPU_SHAPE = dict(B=1, T=512, H=16, N=64)

@@ -28,8 +28,6 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
 from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids
 from src.checkpoint.files import save_atomic
 from src.checkpoint.io import check_finite_tensors, detect_rwkv_version, load_for_inference, read_checkpoint

@@ -27,12 +27,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
 import torch
 
 from src.peft.adapter_io import read_adapter
 from src.train.plots import plot_loss_curves, read_metrics
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)

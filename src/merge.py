@@ -14,8 +14,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 from src.checkpoint.files import check_output_file, refuse_overwriting_inputs, save_atomic
 from src.checkpoint.io import check_finite_tensors, read_checkpoint
 from src.model import DTYPES

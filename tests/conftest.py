@@ -1,7 +1,6 @@
 """Shared test setup: markers, and GPU tests skipped where no CUDA device is present. (The repo root is on
 sys.path through pytest.ini's `pythonpath`, and the package is installed with `pip install -e .`.)"""
 import os
-import sys
 
 import pytest
 

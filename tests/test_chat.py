@@ -16,7 +16,6 @@ import torch
 from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids
 from src.checkpoint.io import load_rwkv
 from src.data import get_tokenizer, render_sft_prompt
-from src.model import RWKV6
 from src.peft import BoneConfig, apply_peft, save_adapter
 from tests.rwkv_fixtures import rwkv_package_model, write_random_checkpoint
 

@@ -69,8 +69,8 @@ def write_binidx_independently(prefix, sequences, doc_idx):
 
 @pytest.fixture(scope="module")
 def reference_tokenizer():
-    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
     import rwkv
+    from rwkv.rwkv_tokenizer import TRIE_TOKENIZER
 
     return TRIE_TOKENIZER(os.path.join(os.path.dirname(rwkv.__file__), "rwkv_vocab_v20230424.txt"))
 

@@ -25,8 +25,7 @@ import pytest
 import torch
 
 import src.eval.math as eval_cli
-from src.checkpoint.io import load_rwkv
-from src.checkpoint.io import save_official
+from src.checkpoint.io import load_rwkv, save_official
 from src.data import get_tokenizer
 from src.eval.decode import DecodeConfig, greedy_generate, prefill, template_stop_strings
 from src.merge import merge_files

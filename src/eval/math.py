@@ -30,12 +30,11 @@ from typing import Optional
 
 import torch
 
-from src.data import get_tokenizer, render_sft_prompt
-from src.eval.answers import FORMATS, answers_equal, extract_prediction, extract_reference
-from src.eval.decode import DecodeConfig, greedy_generate, template_stop_strings
 from src.checkpoint.files import check_output_file, refuse_overwriting_inputs
 from src.checkpoint.io import check_finite_tensors, load_for_inference, read_checkpoint
-from src.data import EOD_ID
+from src.data import EOD_ID, get_tokenizer, render_sft_prompt
+from src.eval.answers import FORMATS, answers_equal, extract_prediction, extract_reference
+from src.eval.decode import DecodeConfig, greedy_generate, template_stop_strings
 from src.model import DTYPES
 from src.ops import WKV_REQUESTS
 from src.peft import read_adapter

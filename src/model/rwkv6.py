@@ -13,7 +13,6 @@ The model knows nothing about adapters: PEFT code swaps its `nn.Linear` projecti
 """
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -22,8 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from src.model.layout import check_layout, layer_count, require
 from src.ops import WKV_OPS, wkv6
 
+GENERATION = "RWKV6"
 # GroupNorm eps of ln_x in x060: 1e-5 * head_size_divisor**2 with the divisor fixed at 8.
 LN_X_EPS = 64e-5
 
@@ -61,14 +62,7 @@ class RWKV6Config:
         """The shape of an official-layout RWKV6 state dict, read from tensor shapes alone (never from a file
         name) and checked key by key (`check_state_dict`)."""
         vocab_size, n_embd = _require(state_dict, "emb.weight").shape
-        layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-        if not layer_ids:
-            raise ValueError("checkpoint has no 'blocks.N.*' tensors: it is not an RWKV6 model")
-        n_layer = max(layer_ids) + 1
-        missing_layers = sorted(set(range(n_layer)) - layer_ids)
-        if missing_layers:
-            raise ValueError(f"checkpoint has blocks up to {n_layer - 1} but none for layers {missing_layers}: "
-                             f"the file is incomplete")
+        n_layer = layer_count(state_dict, GENERATION)
         n_head, head_size = _require(state_dict, "blocks.0.att.time_faaaa").shape
         config = cls(
             n_layer=n_layer,
@@ -84,35 +78,13 @@ class RWKV6Config:
 
 
 def _require(state_dict: dict, key: str):
-    if key not in state_dict:
-        raise ValueError(f"checkpoint is missing '{key}', which every RWKV6 checkpoint has: the file is incomplete "
-                         f"or not an official RWKV6 model")
-    return state_dict[key]
-
-
-def _listing(what: str, items: list, separator: str = ", ") -> str:
-    return f"{what} ({len(items)}): {separator.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+    return require(state_dict, key, GENERATION)
 
 
 def check_state_dict(state_dict: dict, config: RWKV6Config) -> None:
     """Raise a ValueError listing missing keys, unexpected keys and wrong shapes against an RWKV6 of `config`."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RWKV6(config).state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: file {tuple(state_dict[k].shape)}, expected {shape}" for k, shape in expected.items()
-             if k in state_dict and tuple(state_dict[k].shape) != shape]
-    problems = [_listing(what, items, separator) for what, items, separator in
-                (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
-                 ("inconsistent shapes", wrong, "; ")) if items]
-    if problems:
-        shape = f"L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size}"
-        raise ValueError(
-            f"checkpoint does not match an RWKV6 model of the shape its tensors imply ({shape}): "
-            + " | ".join(problems)
-            + ". The file is damaged, or it is not an official-layout RWKV6 checkpoint (merge adapters with "
-            "`python -m src.merge` before loading)."
-        )
+    shape = f"L{config.n_layer} D{config.n_embd} F{config.dim_ffn} vocab {config.vocab_size}"
+    check_layout(state_dict, lambda: RWKV6(config), GENERATION, shape)
 
 
 def token_shift(x: torch.Tensor, last: Optional[torch.Tensor]) -> torch.Tensor:

@@ -30,7 +30,6 @@ The model knows nothing about adapters: PEFT code swaps its `nn.Linear` projecti
 """
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Optional
 
@@ -39,8 +38,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from src.model.layout import check_layout, layer_count, listing, require
 from src.model.rwkv6 import concat_states, select_state, token_shift
 from src.ops.wkv7 import CUDA_MISSING, WKV7_OPS, wkv7
+
+GENERATION = "RWKV-7 (x070)"
 
 # GroupNorm eps of ln_x in x070 ("!!! notice eps value !!!" in RWKV-LM), the same value as x060's.
 LN_X_EPS = 64e-5
@@ -96,27 +98,20 @@ class RWKV7Config:
         deep = sorted(k for k in state_dict if k.endswith(DEEP_EMBED_SUFFIXES))
         if deep:
             raise ValueError(
-                f"checkpoint is an RWKV-7 DeepEmbed (rwkv7a) model ({_listing('DeepEmbed keys', deep)}); only the "
+                f"checkpoint is an RWKV-7 DeepEmbed (rwkv7a) model ({listing('DeepEmbed keys', deep)}); only the "
                 f"plain x070 architecture is supported"
             )
         old = sorted(k for k in state_dict if k.endswith(PRE_RELEASE_SUFFIXES))
         if old:
             raise ValueError(
                 f"checkpoint uses the pre-release x070 naming of RWKV-LM before 2024-11-29 "
-                f"({_listing('pre-release keys', old)}); only released x070 checkpoints (att.x_r, att.w0, "
+                f"({listing('pre-release keys', old)}); only released x070 checkpoints (att.x_r, att.w0, "
                 f"att.r_k, ...) are supported"
             )
         if "blocks.0.att.r_k" not in state_dict and any(k.endswith("att.time_maa_x") for k in state_dict):
             raise ValueError("checkpoint is an RWKV6 (x060) model (att.time_maa_x, no att.r_k): load it as RWKV6")
         vocab_size, n_embd = _require(state_dict, "emb.weight").shape
-        layer_ids = {int(m.group(1)) for k in state_dict if (m := re.match(r"blocks\.(\d+)\.", k))}
-        if not layer_ids:
-            raise ValueError("checkpoint has no 'blocks.N.*' tensors: it is not an RWKV-7 model")
-        n_layer = max(layer_ids) + 1
-        missing_layers = sorted(set(range(n_layer)) - layer_ids)
-        if missing_layers:
-            raise ValueError(f"checkpoint has blocks up to {n_layer - 1} but none for layers {missing_layers}: "
-                             f"the file is incomplete")
+        n_layer = layer_count(state_dict, GENERATION)
         r_k = _require(state_dict, "blocks.0.att.r_k")
         if r_k.dim() != 2:
             raise ValueError(f"blocks.0.att.r_k has shape {tuple(r_k.shape)}; x070 stores it as [heads, head_size]")
@@ -145,37 +140,15 @@ class RWKV7Config:
 
 
 def _require(state_dict: dict, key: str):
-    if key not in state_dict:
-        raise ValueError(f"checkpoint is missing '{key}', which every RWKV-7 (x070) checkpoint has: the file is "
-                         f"incomplete or not an official RWKV-7 model")
-    return state_dict[key]
-
-
-def _listing(what: str, items: list, separator: str = ", ") -> str:
-    return f"{what} ({len(items)}): {separator.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+    return require(state_dict, key, GENERATION)
 
 
 def check_state_dict(state_dict: dict, config: RWKV7Config) -> None:
     """Raise a ValueError listing missing keys, unexpected keys and wrong shapes against an RWKV7 of `config`."""
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in RWKV7(config).state_dict().items()}
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    wrong = [f"{k}: file {tuple(state_dict[k].shape)}, expected {shape}" for k, shape in expected.items()
-             if k in state_dict and tuple(state_dict[k].shape) != shape]
-    problems = [_listing(what, items, separator) for what, items, separator in
-                (("missing keys", missing, ", "), ("unexpected keys", unexpected, ", "),
-                 ("inconsistent shapes", wrong, "; ")) if items]
-    if problems:
-        shape = (f"L{config.n_layer} D{config.n_embd} H{config.n_head}x{config.head_size} F{config.dim_ffn} "
-                 f"vocab {config.vocab_size} LoRA w{config.dim_w_lora} a{config.dim_a_lora} v{config.dim_v_lora} "
-                 f"g{config.dim_g_lora}")
-        raise ValueError(
-            f"checkpoint does not match an RWKV-7 model of the shape its tensors imply ({shape}): "
-            + " | ".join(problems)
-            + ". The file is damaged, or it is not an official-layout RWKV-7 checkpoint (merge adapters with "
-            "`python -m src.merge` before loading)."
-        )
+    shape = (f"L{config.n_layer} D{config.n_embd} H{config.n_head}x{config.head_size} F{config.dim_ffn} "
+             f"vocab {config.vocab_size} LoRA w{config.dim_w_lora} a{config.dim_a_lora} v{config.dim_v_lora} "
+             f"g{config.dim_g_lora}")
+    check_layout(state_dict, lambda: RWKV7(config), GENERATION, shape)
 
 
 class TimeMix(nn.Module):

@@ -27,8 +27,15 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 from src.checkpoint.files import copy_atomic
 from src.checkpoint.io import save_official
 from src.peft import save_adapter
-from src.train.resume import (CHECKPOINT_DIR, ResumePoint, checkpoints_to_keep, folder_manifest, mark_verified,
-                              remove_checkpoints, write_point)
+from src.train.resume import (
+    CHECKPOINT_DIR,
+    ResumePoint,
+    checkpoints_to_keep,
+    folder_manifest,
+    mark_verified,
+    remove_checkpoints,
+    write_point,
+)
 
 
 class TrainingInterrupted(Exception):

@@ -36,8 +36,7 @@ from pathlib import Path
 from src.train.args import CHANGEABLE_ON_RESUME, TrainConfig, parse_args
 from src.train.plan import TrainingPlan, TrainSetupError, plan_training, resolve_accelerator
 from src.train.report import dry_run
-from src.train.resume import (CHECKPOINT_DIR, LATEST_FILE, complete_checkpoints, remove_checkpoints,
-                              write_point)
+from src.train.resume import CHECKPOINT_DIR, LATEST_FILE, complete_checkpoints, remove_checkpoints, write_point
 
 EXIT_CRASHED = 1  # what Python itself returns for an uncaught exception
 EXIT_BAD_INPUT = 2

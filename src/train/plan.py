@@ -18,13 +18,12 @@ from src.data import DataConfig, TokenDataset, build_dataset, get_tokenizer
 from src.data.binidx import binidx_prefix
 from src.model import DTYPES, RWKV6, RWKV7, RWKV6Config, RWKV7Config
 from src.ops import resolve_wkv_op
-from src.ops.wkv7 import resolve_wkv7_op
 from src.ops.wkv6_cuda import build_max_t_for, configure_wkv6_cuda, kernel_limit_problem
+from src.ops.wkv7 import resolve_wkv7_op
 from src.peft import AdapterConfig, apply_peft, parse_parts, peft_config_from_flags
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
 from src.train.plots import LOSS_PLOT, METRICS_FILE
-from src.train.resume import (CHECKPOINT_DIR, REPLACED_PREFIX, ResumePoint, previous_run_files,
-                              read_resume_point)
+from src.train.resume import CHECKPOINT_DIR, REPLACED_PREFIX, ResumePoint, previous_run_files, read_resume_point
 
 
 class TrainSetupError(ValueError):

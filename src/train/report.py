@@ -7,8 +7,15 @@ import torch
 
 from src.peft import format_peft_table, peft_config_from_flags, peft_summary
 from src.train.args import QUICKSTART_HINT, TrainConfig
-from src.train.plan import (TrainingPlan, TrainSetupError, apply_adapters, arch_of, count_parameters,
-                            model_class_of, model_config_for)
+from src.train.plan import (
+    TrainingPlan,
+    TrainSetupError,
+    apply_adapters,
+    arch_of,
+    count_parameters,
+    model_class_of,
+    model_config_for,
+)
 from src.train.plots import LOSS_PLOT, METRICS_FILE
 from src.train.resume import CHECKPOINT_DIR, read_resume_point
 

@@ -29,11 +29,11 @@ parsing torch/extension.h dominates its cost (about 30 s at -O0 against about 55
 machine) and nothing in it is hot; the kernels run at -O2.
 
 Cache: `$TORCH_EXTENSIONS_DIR/wkv6_emulation/<name>_<hash>/` (without TORCH_EXTENSIONS_DIR: torch's default
-root, `<tmp>/torch_extensions/wkv6_emulation/...`; the `build_directory` argument is not used). The folder and module name are keyed by a hash of the transformed
-binding, every emulation file, the defines, flags, compiler, torch and Python versions; each object inside by a
-hash of its own transformed source (+ emulation files, defines, flags, compiler). Unchanged sources never
-recompile; a changed kernel always does, and is relinked with the cached binding object (the costly part), and
-the build's identity (a hash of all parts, embedded in the library) is checked after loading.
+root, `<tmp>/torch_extensions/wkv6_emulation/...`; the `build_directory` argument is not used), with one module
+name per folder. The hash covers the transformed sources, the emulation headers and runtime, the defines and
+flags, the compiler, torch and Python versions: unchanged sources never recompile, a changed kernel always does
+(in a new folder, so checkouts with different kernels can share one cache). The runtime object is shared by all
+builds (objects/). The build's hash is compiled into the library and checked after loading.
 
 Block order: `set_block_order(module, order, seed)` calls the build's `cuda_emu_set_block_order` through ctypes;
 the environment variable CUDA_EMU_BLOCK_ORDER=forward|reverse|shuffle[:seed] sets the default. Barrier timeout
@@ -235,10 +235,11 @@ def _run_compiles(commands: Sequence[Tuple[List[str], Path]], verbose: bool) -> 
 # ---------------------------------------------------------------- the torch extension
 
 class _ExtensionPlan:
-    """Where each part of one emulated build goes. The binding (the slow part: it includes torch/extension.h) is
-    keyed by its own text, the emulation headers, the defines and flags, so a kernel change relinks it with the
-    new kernel object instead of recompiling it; the kernel and runtime objects are keyed by their own content;
-    the whole build by all of them (`build_id`, embedded in the library and checked after loading)."""
+    """Where each part of one emulated build goes. The build's identity `build_id` is a hash of all of it: the
+    transformed sources, the emulation headers and runtime, the defines, flags, compiler, torch and Python; its
+    folder and module name carry it, so two kernel versions (two checkouts sharing one cache, say) never share
+    a folder, and both can be loaded in one process. The id is also compiled into the library and checked after
+    loading."""
 
     def __init__(self, name: str, sources: Sequence[Path], defines: Sequence[str], build_directory: Optional[Path]):
         import torch
@@ -252,25 +253,21 @@ class _ExtensionPlan:
             raise EmulationError(f"{name}: no binding source (a .cpp with the PYBIND11_MODULE) among {sources}")
         self.transformed = {s: transform_source(s) for s in sources}
         self.cxx = compiler()
-        common = {"defines": self.defines, "compiler": compiler_version(self.cxx)}
-        binding_digest = content_hash({
-            **common, "name": name, "flags": BINDING_FLAGS, "torch": torch.__version__, "python": sys.version,
-            "bindings": [(display_name(s), self.transformed[s]) for s in self.bindings],
-        })
-        self.folder = emulation_root(build_directory) / f"{name}_{binding_digest[:16]}"
-        self.module_name = re.sub(r"\W", "_", f"{name}_emu_{binding_digest[:10]}")
+        self.runtime_object = runtime_object(build_directory)  # shared by all builds
+        self.build_id = content_hash({
+            "name": name, "defines": self.defines, "compiler": compiler_version(self.cxx),
+            "binding_flags": BINDING_FLAGS, "object_flags": OBJECT_FLAGS, "torch": torch.__version__,
+            "python": sys.version, "runtime": self.runtime_object.name,
+            "sources": [(display_name(s), self.transformed[s]) for s in sources],
+        })[:32]
+        self.folder = emulation_root(build_directory) / f"{name}_{self.build_id[:16]}"
+        self.module_name = re.sub(r"\W", "_", f"{name}_emu_{self.build_id[:10]}")
         self.library = self.folder / f"{self.module_name}.so"
         self.copies = {s: self.folder / _copy_name(s) for s in sources}
-        self.objects = []  # (object file, the source it is compiled from)
-        for source in self.kernels:
-            digest = content_hash({**common, "flags": OBJECT_FLAGS, "source": self.transformed[source]})
-            self.objects.append((self.folder / f"{source.name}.{digest[:12]}.o", self.copies[source]))
-        self.runtime_object = runtime_object(build_directory)  # shared by all builds
-        self.objects.append((self.runtime_object, RUNTIME_SOURCE))
-        self.build_id = hashlib.sha256(
-            (binding_digest + "".join(o.name for o, _ in self.objects)).encode()).hexdigest()[:32]
-        self.build_id_source = self.folder / f"build_id.{self.build_id[:12]}.cpp"
-        self.objects.append((self.folder / f"build_id.{self.build_id[:12]}.o", self.build_id_source))
+        self.build_id_source = self.folder / "build_id.cpp"
+        # (object file, the source it is compiled from)
+        self.objects = [(self.folder / f"{s.name}.o", self.copies[s]) for s in self.kernels]
+        self.objects += [(self.runtime_object, RUNTIME_SOURCE), (self.folder / "build_id.o", self.build_id_source)]
 
     def is_built(self) -> bool:
         return self.library.exists() and f"cuda-emu-build:{self.build_id}".encode() in self.library.read_bytes()
@@ -296,9 +293,6 @@ def _copy_name(source: Path) -> str:
     return f"{source.name}.emu.cpp" if source.suffix == ".cu" else f"{source.stem}.emu{source.suffix}"
 
 
-_loaded_build_ids: Dict[str, str] = {}  # module name -> build id loaded in this process
-
-
 def build_emulated_extension(name, sources, defines, build_directory, verbose):
     """Compile (once) and load the sources as a CPU torch extension running the kernels under host emulation.
 
@@ -310,12 +304,6 @@ def build_emulated_extension(name, sources, defines, build_directory, verbose):
     with _built_lock:
         if plan.build_id in _built:
             return _built[plan.build_id]
-        loaded = _loaded_build_ids.get(plan.module_name)
-        if loaded is not None:
-            raise EmulationError(
-                f"{name}: another build of this binding (with a different kernel) is already loaded in this "
-                f"process as {plan.module_name}; a process can hold one kernel version per binding"
-            )
         plan.folder.mkdir(parents=True, exist_ok=True)
         for source, copy in plan.copies.items():
             write_if_changed(copy, plan.transformed[source])
@@ -343,13 +331,11 @@ def build_emulated_extension(name, sources, defines, build_directory, verbose):
             )
         except Exception as error:  # torch puts the compiler's output into the message
             raise EmulationError(f"building the emulated extension {name} in {plan.folder} failed:\n{error}") from None
-        _loaded_build_ids[plan.module_name] = plan.build_id
         lib = _library(module)
         lib.cuda_emu_build_id.restype = ctypes.c_char_p
         found = lib.cuda_emu_build_id().decode()
         if found != f"cuda-emu-build:{plan.build_id}":
-            raise EmulationError(f"{name}: loaded {module.__file__} is build {found}, expected {plan.build_id} "
-                                 f"(another process relinked it meanwhile?); run again")
+            raise EmulationError(f"{name}: loaded {module.__file__} is build {found}, expected {plan.build_id}")
         _built[plan.build_id] = module
         return module
 
