@@ -73,8 +73,10 @@ class StageFailed(RuntimeError):
 
 
 class Quickstart:
-    def __init__(self, size: QuickstartSize, out_dir: Path, seed: int, threads: int, fresh: bool):
+    def __init__(self, size: QuickstartSize, out_dir: Path, seed: int, threads: int, fresh: bool,
+                 arch: str = "x060"):
         self.size = size
+        self.arch = arch  # x060: an RWKV6 base; x070: an RWKV-7 base (train.py --arch, official x070 init)
         self.out = out_dir
         self.seed = seed
         self.threads = threads
@@ -126,8 +128,8 @@ class Quickstart:
 
     def base_args(self, pretrain: Path) -> list:
         s = self.size
-        return (["train.py", "--peft", "none", "--n_layer", s.n_layer, "--n_embd", s.n_embd, "--vocab_size", 256,
-                 "--data_file", pretrain, "--data_type", "jsonl", "--dataload", "get"]
+        return (["train.py", "--peft", "none", "--arch", self.arch, "--n_layer", s.n_layer, "--n_embd", s.n_embd,
+                 "--vocab_size", 256, "--data_file", pretrain, "--data_type", "jsonl", "--dataload", "get"]
                 + self.common_train_args(self.out / "base", s.base_ctx_len, s.base_micro_bsz, s.base_steps,
                                          s.base_lr))
 
@@ -161,7 +163,7 @@ class Quickstart:
         """Every training command with --dry_run (shapes from flags, since no base exists yet): checks the plan
         and prints each trainable count without training."""
         s = self.size
-        shape = ["--n_layer", s.n_layer, "--n_embd", s.n_embd, "--vocab_size", 256]
+        shape = ["--arch", self.arch, "--n_layer", s.n_layer, "--n_embd", s.n_embd, "--vocab_size", 256]
         self.run("base-dry-run", self.base_args(data["pretrain"]) + ["--dry_run"])
         for method, flags in self.method_flags().items():
             output = self.run(f"{method}-dry-run",
@@ -216,19 +218,22 @@ def results_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh: bool, dry_run: bool = False):
+def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh: bool, dry_run: bool = False,
+                   arch: str = "x060"):
     size = SIZES[size_name]
     if fresh and out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {"size": size_name, "seed": seed, "threads": threads, **asdict(size)}
+    if arch != "x060":  # RWKV6 quickstarts keep their settings file as it was
+        settings["arch"] = arch
     settings_file = out_dir / "settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{out_dir} holds a quickstart made with other settings ({settings_file}); pass --fresh "
                          f"to replace it, or choose another --out_dir")
     settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 
-    qs = Quickstart(size, out_dir, seed, threads, fresh)
+    qs = Quickstart(size, out_dir, seed, threads, fresh, arch)
     started = time.perf_counter()
     data = qs.make_task()
     if dry_run:
@@ -243,7 +248,8 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
     plot = qs.plot()
 
     base_params = sum(t.numel() for t in torch.load(base, map_location="cpu").values())
-    rows = [{"model": f"base (L{size.n_layer} D{size.n_embd}, from scratch)", "trainable": base_params,
+    generation = "RWKV-7 " if arch == "x070" else ""
+    rows = [{"model": f"base ({generation}L{size.n_layer} D{size.n_embd}, from scratch)", "trainable": base_params,
              "train_seconds": qs.seconds["base"], **scores["base"]},
             {"model": f"Bone-row b={size.bone_b}", "trainable": trainable_count(adapters["bone"]),
              "train_seconds": qs.seconds["bone"], **scores["bone"]},
@@ -274,9 +280,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dry_run", action="store_true",
                         help="make the task, run each training command with --dry_run (plan and trainable counts), "
                              "and stop")
+    parser.add_argument("--arch", choices=("x060", "x070"), default="x060",
+                        help="the tiny base's generation: x060 (RWKV6) or x070 (RWKV-7)")
     args = parser.parse_args(argv)
     try:
-        run_quickstart(args.size, Path(args.out_dir), args.seed, args.threads, args.fresh, args.dry_run)
+        run_quickstart(args.size, Path(args.out_dir), args.seed, args.threads, args.fresh, args.dry_run,
+                       args.arch)
     except StageFailed as error:
         print(f"quickstart: {error}", file=sys.stderr)
         return 1

@@ -299,13 +299,15 @@ def test_target_problem_names_the_module_its_dims_and_the_values_that_fit():
 
 def test_apply_peft_refuses_before_changing_anything():
     model = random_rwkv6(n_layer=2, n_embd=128, seed=0)
-    with pytest.raises(ValueError, match="MiSS cannot wrap blocks.0.att.receptance .*mini_r=3 .* must divide out_features=128"):
+    with pytest.raises(ValueError, match="MiSS cannot wrap blocks.0.att.receptance .*mini_r=3 .* must divide "
+                                         "out_features=128"):
         apply_peft(model, MissConfig(r=32, form="mini", mini_r=3))
     assert not any(isinstance(m, AdapterLinear) for m in model.modules())
 
 
 @pytest.mark.parametrize("argv,fragments", [
-    (["--peft", "miss", "--miss_r", "48"] + SHAPE_1B6, ["MiSS cannot wrap blocks.0.att.receptance", "r=48 (--miss_r) must divide in_features=2048"]),
+    (["--peft", "miss", "--miss_r", "48"] + SHAPE_1B6,
+     ["MiSS cannot wrap blocks.0.att.receptance", "r=48 (--miss_r) must divide in_features=2048"]),
     (["--peft", "miss", "--miss_form", "mini", "--miss_mini_r", "3"] + SHAPE_1B6,
      ["mini_r=3", "out_features=2048"]),
     (["--peft", "miss", "--miss_config", '{"init_weights": "bat"}'] + SHAPE_1B6,

@@ -9,7 +9,8 @@ iclr ~ U(0, 1); r, k, v ~ N(0, 0.5^2); s0 ~ N(0, 0.5^2); gy, gs ~ N(0, 1). Decay
 w ~ U(-6, 6); "strong" w ~ U(8, 12), at the clamp's strong end (d -> exp(-exp(-1/2)) = 0.545); "weak"
 w ~ U(-12, -8), at its weak end (d -> 1); "mixed" half the channels strong, half weak, plus |w| = 30 entries
 (sigmoid saturated in fp32). Error figure per output: max |kernel - reference| / max |reference|, printed per
-case (pytest -s) with the chunked torch op's (`wkv7_torch` in the build's dtype) on the same inputs.
+case (pytest -s), with the chunked torch op's (`wkv7_torch` in the build's dtype) on the same inputs at the
+longest T of each case for context.
 Tolerances:
 - fp32 builds: 2e-6 for y, the state and every gradient (fp32 accumulation of at most a few hundred terms; the
   backward recomputes every state from a checkpoint, so nothing is divided by a decay).
@@ -139,7 +140,7 @@ def all_builds():
     yield {"ext": modules, "driver": drivers}
     if _summary:
         print("\n\nWKV7 kernel under host emulation: max error / max |ref| over T in", T_VALUES,
-              "(kernel | torch op on the same inputs)")
+              "(kernel | torch op on the same inputs at the longest T)")
         for (bid, decay), errors_ in sorted(_summary.items()):
             row = "  ".join(f"{name} {k:.1e}|{t:.1e}" for name, (k, t) in errors_.items())
             print(f"  {bid:9s} {decay:8s} {row}")
@@ -225,13 +226,17 @@ def check_cases(run, N, dtype, decay, t_values, label):
         inputs = make_inputs(B, T, H, N, dtype, decay, seed=1000 * N + 10 * T + len(decay))
         ref = reference(inputs)
         got = run(inputs)
-        torch_op = autograd_results(wkv7_torch, inputs, dtype)
         errors = {name: rel_error(got[name], ref[name]) for name in NAMES}
-        torch_errors = {name: rel_error(torch_op[name], ref[name]) for name in NAMES}
+        if T == max(t_values):  # the torch op's figure for context, at the longest T only (it costs time)
+            torch_op = autograd_results(wkv7_torch, inputs, dtype)
+            torch_errors = {name: rel_error(torch_op[name], ref[name]) for name in NAMES}
+        else:
+            torch_errors = {name: float("nan") for name in NAMES}
         print(f"\n{label} {decay} B{B} T{T} H{H}: " +
               "  ".join(f"{n} {errors[n]:.1e}|{torch_errors[n]:.1e}" for n in NAMES))
         for name in NAMES:
-            worst[name] = (max(worst[name][0], errors[name]), max(worst[name][1], torch_errors[name]))
+            torch_error = worst[name][1] if torch_errors[name] != torch_errors[name] else torch_errors[name]
+            worst[name] = (max(worst[name][0], errors[name]), max(worst[name][1], torch_error))
             if errors[name] > TOL[dtype][name]:
                 failures.append(f"T={T} {name}: {errors[name]:.2e} > {TOL[dtype][name]:g}")
     _summary[(label, decay)] = worst

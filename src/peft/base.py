@@ -33,10 +33,11 @@ The file provides:
    It inherits `adapter_tensors()` (what trains and what an adapter file stores) and `to_linear()` (the merge).
 
 Nothing else changes: injection, the trainable-parameter choice, adapter files, the summary table and merging all
-go through this contract. For example "MiSS", y = x·Wᵀ + (Σ_g x_g)·D with D a zero-initialised (b, out) matrix and
-x_g the b-wide input blocks, is a `MissConfig(b)` whose `target_problem` asks that b divide in_features, and a
-`MissLinear` with one Parameter `miss` of shape (b, out): forward adds `x.view(..., in/b, b).sum(-2) @ D`,
-merged_weight is W + Dᵀ repeated over the in/b input blocks, describe is "miss b=64".
+go through this contract. src.peft.miss is the smallest example: MiSS, y = x·Wᵀ + (Σ_g x_g)·D with D a
+zero-initialised (b, out) matrix and x_g the b-wide input blocks, is a `MissConfig(r=b)` whose `target_problem` asks
+that b divide in_features, and a `MissLinear` with one Parameter `miss` of shape (b, out): forward adds
+`x.view(..., in/b, b).sum(-2) @ D`, merged_weight is W + Dᵀ repeated over the in/b input blocks, describe is
+"miss b=64".
 """
 
 import contextlib
