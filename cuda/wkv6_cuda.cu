@@ -38,8 +38,8 @@
 //     inc_m     = p_m - k_m[i] (C_m[i,:] . v_m),    C_m = d_{m+1} dS_{m+2}      (m < T-1)
 //     p_m       = r_{m+1}[i] d_m[i] (gy_{m+1} . S_m[i,:])                    (m < T-1, pass 1)
 //     inc_{T-1} = p_{T-1} = d_{T-1}[i] (gS[i,:] . S_{T-1}[i,:])                 (pass 1; no k term)
-//   Pass 2's row threads keep C (C_{T-1} := gS for the first step, whose k term is not used) and form
-//   dS_{m+1} = C_m + r_{m+1} gy_{m+1}^T for gk, then C_{m-1} = d_m dS_{m+1}. dL/dlog d_t = sum_{m>=t} inc_m (a
+//   Pass 2's row threads keep C (at the first step C_{T-1} := gS and r_T := 0, and its k term is not used) and
+//   form dS_{m+1} = C_m + r_{m+1} gy_{m+1}^T for gk, then C_{m-1} = d_m dS_{m+1}. dL/dlog d_t = sum_{m>=t} inc_m (a
 //   reverse running sum per row thread) and dL/dw_t = dL/dlog d_t * log d_t, because log d = -exp(w).
 //   Every exponential is of -exp(w) <= 0 or of w itself, never of a cumulative sum, and no term of gw is a
 //   difference of large cancelling parts, so its rounding error stays relative to the increments themselves.

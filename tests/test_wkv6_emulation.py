@@ -38,7 +38,8 @@ from src.ops.wkv6_cuda import DEFAULT_MAX_T
 from src.ops.wkv6_sequential import wkv6_sequential
 from src.ops.wkv6_torch import wkv6_torch
 from tests.emulation import build as emu
-from tests.emulation.fixtures import emulated_wkv6_cuda  # noqa: F401  (the fixture)
+
+pytest_plugins = ["tests.emulation.fixtures"]  # the emulated_wkv6_cuda fixture
 
 NAMES = ("y", "state", "gr", "gk", "gv", "gw", "gu", "gs0")
 FP32_OUTPUTS = ("state", "gu", "gs0")  # always float32, whatever the element type
@@ -233,7 +234,8 @@ def planted_race_checks(tmp_path_factory):
     return dict(zip(SYNC_SITES, emu.build_race_checks(copies)))
 
 
-@pytest.mark.parametrize("head_size, fp32", [(16, True), (16, False), (64, True)], ids=["fp32-N16", "bf16-N16", "fp32-N64"])
+@pytest.mark.parametrize("head_size, fp32", [(16, True), (16, False), (64, True)],
+                         ids=["fp32-N16", "bf16-N16", "fp32-N64"])
 def test_race_check_passes_on_the_kernel(head_size, fp32):
     program = emu.build_race_check(emu.KERNEL_SOURCE, head_size=head_size, fp32=fp32)
     result = emu.run_program(program, [2, 5, 3, 0] if head_size == 16 else [1, 3, 2, 0])

@@ -129,7 +129,7 @@ def compiler_tail(error: BaseException, lines: int = 12) -> str:
 
 
 def build_extension(name: str, sources: Sequence[Path], defines: Sequence[str], build_directory: Path, verbose: bool):
-    """Compile and load one build of the kernel: the only place that runs the compiler.
+    """Compile and load one build of a kernel (WKV6 or WKV7): the only place that runs the compiler.
 
     Raises RuntimeError naming the missing tool, or with the compiler's last lines when the build fails.
     """
@@ -137,7 +137,7 @@ def build_extension(name: str, sources: Sequence[Path], defines: Sequence[str], 
 
     missing = cuda_unavailable_reason(torch.device("cuda"))
     if missing is not None:
-        raise RuntimeError(f"cannot build the WKV6 CUDA kernel: {missing}. Use op='torch' (it runs on CPU and GPU)")
+        raise RuntimeError(f"cannot build the CUDA kernel {name}: {missing}. Use op='torch' (it runs on CPU and GPU)")
     try:
         return load(
             name=name,
@@ -148,7 +148,7 @@ def build_extension(name: str, sources: Sequence[Path], defines: Sequence[str], 
             verbose=verbose,
         )
     except Exception as error:
-        raise RuntimeError(f"building the WKV6 CUDA kernel {name} failed:\n{compiler_tail(error)}") from None
+        raise RuntimeError(f"building the CUDA kernel {name} failed:\n{compiler_tail(error)}") from None
 
 
 def load_wkv6_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16, max_t: Optional[int] = None):

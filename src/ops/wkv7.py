@@ -21,9 +21,8 @@ kernels and RWKV-PEFT's `time_state` (fla's is the transpose).
 Implementations (`op`), named as for WKV6:
 - "torch": chunked parallel PyTorch (src/ops/wkv7_torch.py), any device, any T, fp32/bf16/fp64 inputs.
 - "sequential": a plain loop over time (src/ops/wkv7_sequential.py), the reference for tests.
-- "cuda": not built yet. `wkv7_cuda` below is the hook: a kernel with initial-state input and final-state
-  output (RWKV-CUDA's rwkv7_statepassing_clampw interface: raw w, fp32 s0/sT, T % 16 == 0 padded on the right
-  as `wkv7_torch` does) goes there, and `resolve_wkv7_op` starts returning it for "auto".
+- "cuda": our kernel (cuda/wkv7_cuda.cu, src/ops/wkv7_cuda.py): CUDA tensors, bf16 or fp32, raw w, fp32
+  state in and out, any T >= 1. `resolve_wkv7_op` does not select it yet (GPU runs pending).
 """
 from typing import Optional, Tuple
 
