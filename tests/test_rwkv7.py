@@ -197,7 +197,7 @@ def test_op_input_validation():
         wkv7(*[x[:, :0] for x in tensors])
     with pytest.raises(ValueError, match="unknown op"):
         wkv7(*tensors, op="fla")
-    with pytest.raises(RuntimeError, match="not built yet"):
+    with pytest.raises(RuntimeError, match="no CUDA GPU.*op='torch'"):
         wkv7(*tensors, op="cuda")
     with pytest.raises(ValueError, match="chunk_len"):
         wkv7_torch(*tensors, chunk_len=65)
@@ -207,7 +207,7 @@ def test_resolve_wkv7_op():
     assert resolve_wkv7_op("auto", "cpu").op == "torch"
     assert resolve_wkv7_op("torch", "cpu").op == "torch"
     assert resolve_wkv7_op("sequential", "cpu").op == "sequential"
-    with pytest.raises(RuntimeError, match="not built yet"):
+    with pytest.raises(RuntimeError, match="WKV7 op 'cuda' cannot run here: the device is cpu"):
         resolve_wkv7_op("cuda", "cpu")
     with pytest.raises(ValueError, match="unknown WKV op"):
         resolve_wkv7_op("fast", "cpu")
@@ -399,7 +399,7 @@ def test_load_for_inference_dispatches_to_rwkv7(tmp_path):
     model = load_for_inference(read_checkpoint(path), "auto", "cpu", torch.float32)
     assert isinstance(model, RWKV7) and not model.training and model.config.wkv_op == "torch"
     assert model.head.weight.dtype == torch.float32 and not model.head.weight.requires_grad
-    with pytest.raises(RuntimeError, match="not built yet"):
+    with pytest.raises(RuntimeError, match="WKV7 op 'cuda' cannot run here"):
         load_for_inference(read_checkpoint(path), "cuda", "cpu", torch.float32)
 
 
@@ -470,10 +470,9 @@ def test_error_rwkv6_file_given_to_rwkv7():
         RWKV7Config.from_state_dict(sd)
 
 
-def test_error_cuda_op_refused_for_now():
+def test_loading_takes_a_chosen_op_and_never_chooses():
     sd = _state_dict()
-    with pytest.raises(ValueError, match="'cuda' is not available for RWKV-7"):
-        RWKV7.from_state_dict(sd, wkv_op="cuda")
+    assert RWKV7.from_state_dict(sd, wkv_op="cuda").config.wkv_op == "cuda"  # stored as chosen, not re-checked
     with pytest.raises(ValueError, match="wkv_op must be one of"):
         RWKV7.from_state_dict(sd, wkv_op="auto")
 

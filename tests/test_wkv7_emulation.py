@@ -18,8 +18,8 @@ Tolerances:
   relative to its own magnitude); 2e-6 for the fp32 outputs (the state and the state's gradient).
 Cases: head size 16 through the torch extension (fp32 and bf16 builds), T in {1, 2, 15, 16, 17, 33} (around the
 backward's 16-token checkpoint interval), B != H; head size 64 (fp32 and bf16), T in {17, 33}, through the
-torch-free driver (tests/emulation/src/wkv7_race_driver.cpp, file mode), which needs no torch-extension build. Also: identical
-results for every block order; the shared-memory race check (instrumented build) is clean; and
+torch-free driver (tests/emulation/src/wkv7_race_driver.cpp, file mode), which needs no torch-extension build.
+Also: identical results for every block order; the shared-memory race check (instrumented build) is clean; and
 `src.ops.wkv7(..., op="cuda")` end to end through autograd on the emulated build (the real Wkv7CudaFunction).
 
 CI cost: two torch-extension builds (fp32-N16, bf16-N16; about 50 s of compiler time each, almost all of it

@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 
 from src.model.layout import check_layout, layer_count, listing, require
 from src.model.rwkv6 import concat_states, select_state, token_shift
-from src.ops.wkv7 import CUDA_MISSING, WKV7_OPS, wkv7
+from src.ops.wkv7 import WKV7_OPS, wkv7
 
 GENERATION = "RWKV-7 (x070)"
 
@@ -262,12 +262,9 @@ class RWKV7(nn.Module):
     def from_state_dict(cls, state_dict: dict, wkv_op: str, dtype: Optional[torch.dtype] = None, device=None):
         """The model of an official-layout x070 state dict, its shape read from the tensors, loaded strictly.
 
-        `wkv_op` is an op already chosen for the run's device ("torch" or "sequential" today; "cuda" is refused
-        until the WKV7 kernel exists). dtype None keeps the stored dtype (bf16 for the official releases).
+        `wkv_op` is an op already chosen for the run's device (src.ops.wkv7.resolve_wkv7_op); it is stored, never
+        re-chosen. dtype None keeps the stored dtype (bf16 for the official releases).
         """
-        if wkv_op == "cuda":
-            raise ValueError(f"wkv_op 'cuda' is not available for RWKV-7: {CUDA_MISSING}. Load with "
-                             f"wkv_op='torch'")
         if wkv_op not in WKV7_OPS:
             raise ValueError(f"wkv_op must be one of {', '.join(WKV7_OPS)} (choose 'auto' with "
                              f"src.ops.wkv7.resolve_wkv7_op before loading), got {wkv_op!r}")

@@ -20,11 +20,12 @@ Implementations (`op`):
 `resolve_wkv_op` turns a request ("auto", "cuda", ...) into one of these, once per run, for the run's device,
 head size and element type.
 """
-from typing import NamedTuple, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from src.ops.wkv6_cuda import cuda_unavailable_reason, kernel_limit_problem, load_wkv6_extension, wkv6_cuda
+from src.ops.choice import WkvChoice, choose_wkv_op
+from src.ops.wkv6_cuda import kernel_limit_problem, load_wkv6_extension, wkv6_cuda
 from src.ops.wkv6_sequential import wkv6_sequential
 from src.ops.wkv6_torch import wkv6_torch
 
@@ -102,37 +103,6 @@ def wkv6(
     raise ValueError(f"wkv6: unknown op {op!r}; choose one of {', '.join(WKV_OPS)} (or resolve 'auto' first)")
 
 
-class WkvChoice(NamedTuple):
-    """The op to run and, when it is not the one asked for or "auto" had to choose, one line saying why."""
-
-    op: str
-    note: str = ""
-
-
 def resolve_wkv_op(name: str, device, head_size: int = 64, dtype: torch.dtype = torch.bfloat16) -> WkvChoice:
-    """Choose the op for a run on `device` with this head size and element type, once, before weights load.
-
-    "auto" -> "cuda" where our kernel can run (a CUDA device, nvcc and ninja, the kernel's limits, and the build
-    for exactly this head size and dtype succeeds), else "torch", with a note saying which and why. "cuda" asked
-    for where it cannot run raises RuntimeError naming the missing piece. "torch" and "sequential" pass through.
-    Loading a model takes the chosen op and never chooses again.
-    """
-    device = torch.device(device)
-    if name in ("torch", "sequential"):
-        return WkvChoice(name)
-    if name not in ("auto", "cuda"):
-        raise ValueError(f"unknown WKV op {name!r}; choose auto, {', '.join(WKV_OPS)}")
-    reason = cuda_unavailable_reason(device) or kernel_limit_problem(head_size, dtype, seq_len=1)
-    if reason is None:
-        try:
-            load_wkv6_extension(head_size=head_size, dtype=dtype)
-        except RuntimeError as error:  # a failed build is reported, and "auto" falls back to torch
-            reason = str(error)
-    if name == "cuda":
-        if reason is not None:
-            raise RuntimeError(f"WKV op 'cuda' cannot run here: {reason}. Use op='torch' (--wkv_op torch), which "
-                               f"runs on CPU and GPU")
-        return WkvChoice("cuda")
-    if reason is None:
-        return WkvChoice("cuda", f"WKV6 op 'auto' on {device}: using 'cuda' (head size {head_size}, {dtype})")
-    return WkvChoice("torch", f"WKV6 op 'auto' on {device}: using 'torch' ({reason})")
+    """Choose the WKV6 op for a run on `device` with this head size and dtype, once (src/ops/choice.py)."""
+    return choose_wkv_op(name, device, head_size, dtype, "WKV6", kernel_limit_problem, load_wkv6_extension, WKV_OPS)

@@ -48,7 +48,7 @@ class Wkv6CudaSettings:
     verbose: bool = False
 
 
-_settings = Wkv6CudaSettings()
+settings = Wkv6CudaSettings()
 _loaded = {}
 _load_lock = threading.Lock()
 
@@ -58,12 +58,12 @@ def configure_wkv6_cuda(max_t: Optional[int] = None, cache_dir: Optional[str] = 
     if max_t is not None:
         if int(max_t) < 1:
             raise ValueError(f"max_t must be >= 1, got {max_t}")
-        _settings.max_t = int(max_t)
+        settings.max_t = int(max_t)
     if cache_dir is not None:
-        _settings.cache_dir = str(cache_dir)
+        settings.cache_dir = str(cache_dir)
     if verbose is not None:
-        _settings.verbose = bool(verbose)
-    return _settings
+        settings.verbose = bool(verbose)
+    return settings
 
 
 def build_max_t_for(seq_len: int) -> int:
@@ -155,18 +155,18 @@ def load_wkv6_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16
     """The build for (head size, element type, max T): built the first time, then cached per process."""
     if dtype not in ELEMENT_NAMES:
         raise ValueError(f"the WKV6 CUDA kernel supports bf16 and fp32 inputs, not {dtype}; use op='torch'")
-    max_t = _settings.max_t if max_t is None else int(max_t)
+    max_t = settings.max_t if max_t is None else int(max_t)
     name = extension_name(head_size, max_t, dtype)
     module = _loaded.get(name)
     if module is not None:
         return module
     with _load_lock:
         if name not in _loaded:
-            cache_root = Path(_settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
+            cache_root = Path(settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
             build_directory = cache_root / name
             build_directory.mkdir(parents=True, exist_ok=True)
             defines = [f"-D_N_={head_size}", f"-D_T_={max_t}"] + (["-DWKV6_FP32"] if dtype == torch.float32 else [])
-            _loaded[name] = build_extension(name, CUDA_SOURCES, defines, build_directory, _settings.verbose)
+            _loaded[name] = build_extension(name, CUDA_SOURCES, defines, build_directory, settings.verbose)
         return _loaded[name]
 
 
@@ -205,11 +205,11 @@ def wkv6_cuda(
     if r.dtype not in ELEMENT_NAMES:
         raise ValueError(f"wkv6 op='cuda' takes bf16 or fp32 inputs, got {r.dtype}; cast them or use op='torch'")
     B, T, H, N = r.shape
-    if T > _settings.max_t:
+    if T > settings.max_t:
         raise ValueError(
-            f"wkv6 op='cuda': T={T} exceeds the compiled maximum T={_settings.max_t}; raise it with "
+            f"wkv6 op='cuda': T={T} exceeds the compiled maximum T={settings.max_t}; raise it with "
             f"src.ops.wkv6_cuda.configure_wkv6_cuda(max_t={T}) (or larger) before the first call, "
-            f"or process the sequence in pieces of at most {_settings.max_t} tokens, passing the state along"
+            f"or process the sequence in pieces of at most {settings.max_t} tokens, passing the state along"
         )
     extension = load_wkv6_extension(head_size=N, dtype=r.dtype)
     u32 = u.to(device=r.device, dtype=torch.float32).contiguous()

@@ -28,14 +28,12 @@ from typing import Optional, Tuple
 
 import torch
 
-from src.ops.wkv6 import WkvChoice
+from src.ops.choice import WkvChoice, choose_wkv_op
+from src.ops.wkv7_cuda import kernel_limit_problem, load_wkv7_extension, wkv7_cuda
 from src.ops.wkv7_sequential import wkv7_sequential
 from src.ops.wkv7_torch import wkv7_torch
 
 WKV7_OPS = ("torch", "cuda", "sequential")
-CUDA_MISSING = ("the WKV7 CUDA kernel is not built yet (RWKV-7 runs on the 'torch' op, on CPU and GPU, for now)")
-
-
 def _check_inputs(r, w, k, v, a, b, state) -> None:
     tensors = {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}
     for name, x in tensors.items():
@@ -66,13 +64,6 @@ def _check_inputs(r, w, k, v, a, b, state) -> None:
             raise ValueError(f"wkv7: state must be a floating-point tensor (float32 preferred), got {state.dtype}")
         if state.device != r.device:
             raise ValueError(f"wkv7: state is on {state.device} but r is on {r.device}; move it to r's device")
-
-
-def wkv7_cuda(r, w, k, v, a, b, state=None):
-    """The WKV7 CUDA kernel (src/ops/wkv7_cuda.py; same arguments and results as `wkv7_torch`)."""
-    from src.ops.wkv7_cuda import wkv7_cuda as run_kernel  # imported on use: it pulls in the build machinery
-
-    return run_kernel(r, w, k, v, a, b, state)
 
 
 def wkv7(
@@ -108,17 +99,6 @@ def wkv7(
 
 
 def resolve_wkv7_op(name: str, device, head_size: int = 64, dtype: torch.dtype = torch.bfloat16) -> WkvChoice:
-    """The WKV7 op for a run on `device`, chosen once before the weights load (as `resolve_wkv_op` for WKV6).
-
-    Today: "auto" -> "torch" with a note on CUDA devices (no WKV7 kernel yet); "cuda" -> RuntimeError;
-    "torch" and "sequential" pass through. head_size and dtype are taken for the kernel's future limits.
-    """
-    device = torch.device(device)
-    if name in ("torch", "sequential"):
-        return WkvChoice(name)
-    if name == "cuda":
-        raise RuntimeError(f"WKV7 op 'cuda' cannot run: {CUDA_MISSING}. Use op='torch' (--wkv_op torch)")
-    if name == "auto":
-        note = f"WKV7 op 'auto' on {device}: using 'torch' ({CUDA_MISSING})" if device.type == "cuda" else ""
-        return WkvChoice("torch", note)
-    raise ValueError(f"unknown WKV op {name!r}; choose auto, {', '.join(WKV7_OPS)}")
+    """Choose the WKV7 op for a run on `device` with this head size and dtype, once (src/ops/choice.py)."""
+    return choose_wkv_op(name, device, head_size, dtype, "WKV7", kernel_limit_problem, load_wkv7_extension,
+                         WKV7_OPS)

@@ -27,11 +27,11 @@ from typing import Optional, Tuple
 
 import torch
 
-from src.ops import wkv6_cuda as _shared
 from src.ops.wkv6_cuda import (  # noqa: F401  (re-exported: the generic pieces both kernels use)
     DEFAULT_CACHE_DIR,
     ELEMENT_NAMES,
     build_extension,
+    settings,
     cuda_unavailable_reason,
     missing_build_tool,
 )
@@ -88,11 +88,11 @@ def load_wkv7_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16
         return module
     with _load_lock:
         if name not in _loaded:
-            cache_root = Path(_shared._settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
+            cache_root = Path(settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
             build_directory = cache_root / name
             build_directory.mkdir(parents=True, exist_ok=True)
             _loaded[name] = build_extension(name, CUDA_SOURCES, build_defines(head_size, max_t, dtype),
-                                            build_directory, _shared._settings.verbose)
+                                            build_directory, settings.verbose)
         return _loaded[name]
 
 

@@ -58,7 +58,8 @@ def apply_peft(model: nn.Module, config: AdapterConfig, targets=None, train_part
 
     targets: None (the projections of the model's generation: RWKV6 att.{receptance,key,value,gate,output},
     ffn.{key,receptance,value}; RWKV-7 att.{receptance,key,value,output}, ffn.{key,value}), 'att', 'ffn' (those of
-    the generation), or a list of module-name suffixes; every suffix must match a module. train_parts: substrings of parameter names to train as well
+    the generation), or a list of module-name suffixes; every suffix must match a module. train_parts:
+    substrings of parameter names to train as well
     (e.g. ('time', 'ln') or the string 'time,ln'); the base weights of adapted layers stay frozen regardless.
     Returns the full names of the adapted modules. Everything is checked before the model is changed.
     """

@@ -98,8 +98,8 @@ class TrainConfig:
     arch: Optional[str] = _flag(None, "model generation: x060 (RWKV6) | x070 (RWKV-7); default: the --load_model "
                                       "checkpoint's (checked against it when given), x060 for a new model",
                                 flags=("--my_testing",))
-    load_model: Optional[str] = _flag(None, "base RWKV6 .pth (official layout); omit only with --peft none to "
-                                            "train a new model")
+    load_model: Optional[str] = _flag(None, "base RWKV6 or RWKV-7 .pth (official layout); omit only with --peft "
+                                            "none to train a new model")
     n_layer: Optional[int] = _flag(None, "layers (new model; checked against --load_model if given)", type=int)
     n_embd: Optional[int] = _flag(None, "embedding size (new model; checked against --load_model)", type=int)
     vocab_size: Optional[int] = _flag(None, "vocabulary size (new model; checked against --load_model)", type=int)

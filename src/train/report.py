@@ -55,7 +55,8 @@ def dry_run(cfg: TrainConfig) -> int:
     print(f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)")
     summary = {"trainable": trainable, "total": total, "adapted_modules": len(adapted), "method": cfg.peft,
                "peft_config": peft_config.to_dict() if peft_config else None,
-               "train_parts": cfg.train_parts.strip(), "arch": arch_of(config), "n_layer": config.n_layer, "n_embd": config.n_embd,
+               "train_parts": cfg.train_parts.strip(), "arch": arch_of(config), "n_layer": config.n_layer,
+               "n_embd": config.n_embd,
                "vocab_size": config.vocab_size, "dim_ffn": config.dim_ffn}
     print(json.dumps(summary), flush=True)
     return 0
