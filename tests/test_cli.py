@@ -170,7 +170,7 @@ def test_ctx_len_and_precision_the_cuda_kernel_cannot_run(tiny, capsys):
     base = ["--peft", "bone", "--bone_b", "16", "--load_model", tiny / "base.pth", "--data_file", tiny / "text",
             "--accelerator", "cpu", "--wkv_op", "cuda"]
     expect_error(base + ["--ctx_len", str(2 ** 31)], capsys, f"--ctx_len {2 ** 31}", "cuda WKV kernel")
-    expect_error(base + ["--ctx_len", "64"], capsys, "WKV op 'cuda' cannot run here")
+    expect_error(base + ["--ctx_len", "64"], capsys, "WKV6 op 'cuda' cannot run here")
     expect_error(base + ["--precision", "fp16"], capsys, "--precision fp16 needs a GPU")
 
 

@@ -138,6 +138,13 @@ def test_generation_is_read_from_the_checkpoint_and_arch_is_checked(tiny, capsys
     expect_error(base + ["--peft_targets", "ffn.receptance"], capsys, "match no module")
 
 
+def test_wkv7_op_is_chosen_for_x070_runs(tiny, capsys):
+    base = ["--peft", "bone", "--bone_b", "16", "--load_model", tiny / "base.pth", "--data_file", tiny / "text",
+            "--accelerator", "cpu", "--wkv_op", "cuda"]
+    expect_error(base, capsys, "WKV7 op 'cuda' cannot run here")
+    expect_error(base + ["--ctx_len", str(2 ** 31)], capsys, f"--ctx_len {2 ** 31}", "cuda WKV7 kernel")
+
+
 def test_default_targets_and_parts_per_generation():
     model = random_rwkv7(**TINY)
     names = apply_peft(model, BoneConfig(b=16))

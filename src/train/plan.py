@@ -20,6 +20,8 @@ from src.model import DTYPES, RWKV6, RWKV7, RWKV6Config, RWKV7Config
 from src.ops import resolve_wkv_op
 from src.ops.wkv6_cuda import build_max_t_for, configure_wkv6_cuda, kernel_limit_problem
 from src.ops.wkv7 import resolve_wkv7_op
+from src.ops.wkv7_cuda import configure_wkv7_cuda
+from src.ops.wkv7_cuda import kernel_limit_problem as wkv7_kernel_limit_problem
 from src.peft import AdapterConfig, apply_peft, parse_parts, peft_config_from_flags
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
 from src.train.plots import LOSS_PLOT, METRICS_FILE
@@ -59,27 +61,22 @@ def choose_wkv_op(cfg: TrainConfig, accelerator: str, precision: str, head_size:
     arch: the model's generation; RWKV-7 (x070) chooses among the WKV7 ops (src.ops.wkv7.resolve_wkv7_op)."""
     dtype = WKV_DTYPE[precision]
     requested = cfg.wkv_op
-    if arch == "x070":
-        device = torch.device("cuda" if accelerator == "gpu" else "cpu")
-        try:
-            choice = resolve_wkv7_op(requested, device, head_size=head_size, dtype=dtype)
-        except RuntimeError as error:
-            raise TrainSetupError(str(error)) from None
-        if choice.note and report is not None:
-            report(choice.note)
-        return choice.op
+    x070 = arch == "x070"
     if requested != "torch":
-        problem = kernel_limit_problem(head_size, dtype, cfg.ctx_len)
+        problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.ctx_len)
         if problem is not None and requested == "cuda":
             raise TrainSetupError(f"--wkv_op cuda cannot run this run (--ctx_len {cfg.ctx_len}, --precision "
                                   f"{precision}, head size {head_size}): {problem}; use --wkv_op torch")
         if problem is not None:
             requested = "torch"
+        elif accelerator == "gpu" and x070:  # WKV7 builds share WKV6's cache folder; the largest T is its own
+            configure_wkv6_cuda(cache_dir=extensions_dir)
+            configure_wkv7_cuda(max_t=build_max_t_for(cfg.ctx_len))
         elif accelerator == "gpu":
             configure_wkv6_cuda(max_t=build_max_t_for(cfg.ctx_len), cache_dir=extensions_dir)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     try:
-        choice = resolve_wkv_op(requested, device, head_size=head_size, dtype=dtype)
+        choice = (resolve_wkv7_op if x070 else resolve_wkv_op)(requested, device, head_size=head_size, dtype=dtype)
     except RuntimeError as error:
         raise TrainSetupError(str(error)) from None
     if choice.note and report is not None:
