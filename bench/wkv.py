@@ -93,7 +93,8 @@ def interleaved_medians(steps: dict, warmup: int, repeats: int) -> dict:
             start = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": median(values), "min_s": min(values), "times_s": values} for name, values in times.items()}
+    return {name: {"median_s": median(values), "min_s": min(values), "times_s": values}
+            for name, values in times.items()}
 
 
 def torch_op(chunk_len):
@@ -141,7 +142,8 @@ def bench_cpu(repeats: int) -> dict:
         rows.append({
             "variant": name,
             "op": "sequential" if is_seq else "torch",
-            "chunk_len": None if is_seq else (DEFAULT_CHUNK_LEN if name == "torch fwd" else int(name.split("L=")[1].split()[0])),
+            "chunk_len": None if is_seq else (
+                DEFAULT_CHUNK_LEN if name == "torch fwd" else int(name.split("L=")[1].split()[0])),
             "pass": "forward" if name.endswith(" fwd") else "forward+backward",
             "timed_T": seq_T if is_seq else shape["T"],
             "median_s_at_T512": result["median_s"] * (seq_scale if is_seq else 1.0),
@@ -154,7 +156,8 @@ def bench_cpu(repeats: int) -> dict:
     speedup_train = by_name["sequential fwd+bwd"]["median_s_at_T512"] / default_train
     speedup_fwd = by_name["sequential fwd"]["median_s_at_T512"] / by_name["torch fwd"]["median_s_at_T512"]
     speedup_train_min = (
-        by_name["sequential fwd+bwd"]["min_s_at_T512"] / by_name[f"torch L={DEFAULT_CHUNK_LEN} fwd+bwd"]["min_s_at_T512"]
+        by_name["sequential fwd+bwd"]["min_s_at_T512"]
+        / by_name[f"torch L={DEFAULT_CHUNK_LEN} fwd+bwd"]["min_s_at_T512"]
     )
     fastest_by_median = min(CHUNK_SWEEP, key=lambda L: by_name[f"torch L={L} fwd+bwd"]["median_s_at_T512"])
     fastest_by_min = min(CHUNK_SWEEP, key=lambda L: by_name[f"torch L={L} fwd+bwd"]["min_s_at_T512"])

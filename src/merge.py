@@ -44,10 +44,12 @@ def main(argv=None):
     parser.add_argument("--base", required=True, help="the base RWKV6 .pth the adapter was trained on")
     parser.add_argument("--adapter", required=True, help="adapter file written by train.py (adapter-*.pth)")
     parser.add_argument("--output", required=True, help="where to write the merged .pth")
-    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default="keep", help="dtype of the output (default: as the base)")
+    parser.add_argument("--dtype", choices=sorted(OUTPUT_DTYPES), default="keep",
+                        help="dtype of the output (default: as the base)")
     args = parser.parse_args(argv)
     if not args.output.endswith(".pth"):
-        parser.error(f"--output {args.output}: RWKV tools (the rwkv pip package among them) expect a name ending in .pth")
+        parser.error(f"--output {args.output}: RWKV tools (the rwkv pip package among them) expect a name ending "
+                     f"in .pth")
     start = time.time()
     try:
         refuse_overwriting_inputs([("--output", args.output)], [("--base", args.base), ("--adapter", args.adapter)])

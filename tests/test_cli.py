@@ -163,7 +163,8 @@ def test_token_ids_beyond_vocabulary(tiny, capsys):
 
 def test_empty_data(tiny, capsys):
     expect_error(["--peft", "bone", "--bone_b", "16", "--load_model", tiny / "base.pth", "--data_file",
-                  tiny / "empty.jsonl", "--data_type", "jsonl", "--accelerator", "cpu"], capsys, "contains no documents")
+                  tiny / "empty.jsonl", "--data_type", "jsonl", "--accelerator", "cpu"], capsys,
+                 "contains no documents")
 
 
 def test_ctx_len_and_precision_the_cuda_kernel_cannot_run(tiny, capsys):

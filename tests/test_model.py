@@ -73,7 +73,8 @@ def test_official_init_values():
     n = 10
     assert att.time_decay[0, 0, n].item() == pytest.approx(-6 + 5 * (n / (C - 1)) ** (0.7 + 1.3 * r0), rel=1e-6)
     assert att.time_maa_v[0, 0, n].item() == pytest.approx(1 - ((n / C) ** r1 + 0.3 * r0), rel=1e-6)
-    assert att.time_faaaa.flatten()[n].item() == pytest.approx(r0 * (1 - n / (C - 1)) + ((n + 1) % 3 - 1) * 0.1, abs=1e-6)
+    bonus = r0 * (1 - n / (C - 1)) + ((n + 1) % 3 - 1) * 0.1
+    assert att.time_faaaa.flatten()[n].item() == pytest.approx(bonus, abs=1e-6)
     assert att.ln_x.weight[0].item() == pytest.approx((2 / L) ** 0.7)
     assert att.output.weight.abs().max() == 0 and model.blocks[0].ffn.value.weight.abs().max() == 0
     w = model.blocks[0].att.receptance.weight

@@ -132,7 +132,8 @@ def test_cuda_op_without_state_and_in_pieces(dtype):
 @pytest.mark.gpu
 def test_cuda_op_rejects_t_beyond_the_compiled_maximum():
     rkvw, u, _ = make_cuda_inputs(1, DEFAULT_MAX_T + 1, 1, torch.bfloat16)
-    with pytest.raises(ValueError, match=f"T={DEFAULT_MAX_T + 1} exceeds the compiled maximum T={DEFAULT_MAX_T}.*max_t"):
+    expected = f"T={DEFAULT_MAX_T + 1} exceeds the compiled maximum T={DEFAULT_MAX_T}.*max_t"
+    with pytest.raises(ValueError, match=expected):
         wkv6(*rkvw, u, op="cuda")
 
 

@@ -87,9 +87,10 @@ def read_checkpoint(path) -> dict:
     if version in _VERSION_NAMES:
         raise ValueError(f"{path} is an {_VERSION_NAMES[version]} checkpoint; this trainer supports RWKV-7 (x070) "
                          f"and RWKV6 (x060) only. {RWKV_HOWTO}.")
-    if any(k.endswith(ADAPTER_KEY_ENDINGS) for k in state_dict):
-        raise ValueError(f"{path} holds adapter tensors (e.g. {next(k for k in state_dict if k.endswith(ADAPTER_KEY_ENDINGS))}"
-                         f"), not a base model: pass it with --adapter and the base .pth with --base/--load_model")
+    adapter_keys = [k for k in state_dict if k.endswith(ADAPTER_KEY_ENDINGS)]
+    if adapter_keys:
+        raise ValueError(f"{path} holds adapter tensors (e.g. {adapter_keys[0]}), not a base model: pass it with "
+                         f"--adapter and the base .pth with --base/--load_model")
     raise ValueError(f"{path} has no RWKV6 keys (e.g. blocks.0.att.time_maa_x): it is not an RWKV6 checkpoint. "
                      f"{RWKV_HOWTO}.")
 

@@ -45,7 +45,8 @@ def _check_inputs(r, k, v, w, u, state) -> None:
     for name, x in tensors.items():
         if x.shape != r.shape:
             raise ValueError(
-                f"wkv6: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, k, v, w must all be [B, T, H, N]"
+                f"wkv6: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, k, v, w must all be "
+                f"[B, T, H, N]"
             )
         if x.dtype != r.dtype:
             raise ValueError(f"wkv6: {name} is {x.dtype} but r is {r.dtype}; pass r, k, v, w in one dtype")

@@ -31,9 +31,9 @@ from src.ops.wkv6_cuda import (  # noqa: F401  (re-exported: the generic pieces 
     DEFAULT_CACHE_DIR,
     ELEMENT_NAMES,
     build_extension,
-    settings,
     cuda_unavailable_reason,
     missing_build_tool,
+    settings,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

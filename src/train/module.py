@@ -1,4 +1,5 @@
-"""The LightningModule that trains an RWKV6 or RWKV-7 model: masked cross-entropy with RWKV's L2Wrap, optimizer groups, lr.
+"""The LightningModule that trains an RWKV6 or RWKV-7 model: masked cross-entropy with RWKV's L2Wrap, optimizer
+groups, lr.
 
 Loss of a micro-batch (per rank): sum_t CE_t * mask_t / max(sum_t mask_t, 1), CE in float32, then L2Wrap, which
 leaves the value unchanged and adds RWKV's logit penalty to the gradient (see `L2Wrap`).

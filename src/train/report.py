@@ -77,7 +77,8 @@ def start_summary(plan: TrainingPlan, model, adapted) -> str:
     lines = [
         "=" * 100,
         f"model     {describe_model(plan.model_config)} | {total:,} params | {source}",
-        f"method    {describe_method(cfg, plan.peft_config)}" + (f" | {len(adapted)} adapted modules" if adapted else ""),
+        f"method    {describe_method(cfg, plan.peft_config)}"
+        + (f" | {len(adapted)} adapted modules" if adapted else ""),
         f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)",
         f"data      {plan.dataset.summary()}",
         f"batch     micro_bsz {cfg.micro_bsz} x accumulate {cfg.accumulate_grad_batches} x {cfg.world_size} "
