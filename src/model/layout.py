@@ -31,6 +31,17 @@ def layer_count(state_dict: dict, generation: str) -> int:
     return n_layer
 
 
+def load_strictly(build_model, state_dict: dict, dtype=None, device=None):
+    """The model `build_model()` makes, built on the meta device and given the state dict's tensors strictly
+    (every key, every shape), then moved to `dtype`/`device` where given."""
+    with torch.device("meta"):
+        model = build_model()
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    if dtype is not None or device is not None:
+        model.to(device=device, dtype=dtype)
+    return model
+
+
 def check_layout(state_dict: dict, build_model, generation: str, shape: str) -> None:
     """Raise a ValueError listing missing keys, unexpected keys and wrong shapes of `state_dict` against the model
     `build_model()` makes on the meta device; `shape` describes that model in the message."""

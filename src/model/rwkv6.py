@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from src.model.layout import check_layout, layer_count, require
+from src.model.layout import check_layout, layer_count, load_strictly, require
 from src.ops import WKV_OPS, wkv6
 
 GENERATION = "RWKV6"
@@ -207,12 +207,7 @@ class RWKV6(nn.Module):
                              f"src.ops.resolve_wkv_op before loading), got {wkv_op!r}")
         config = RWKV6Config.from_state_dict(state_dict)
         config.wkv_op = wkv_op
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        if dtype is not None or device is not None:
-            model.to(device=device, dtype=dtype)
-        return model
+        return load_strictly(lambda: cls(config), state_dict, dtype, device)
 
     def forward(self, idx: torch.Tensor, state=None, return_state: bool = False):
         """idx [B, T] token ids -> logits [B, T, vocab]; with return_state also the recurrent state to continue from."""

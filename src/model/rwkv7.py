@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from src.model.layout import check_layout, layer_count, listing, require
+from src.model.layout import check_layout, layer_count, listing, load_strictly, require
 from src.model.rwkv6 import concat_states, select_state, token_shift
 from src.ops.wkv7 import WKV7_OPS, wkv7
 
@@ -270,12 +270,7 @@ class RWKV7(nn.Module):
                              f"src.ops.wkv7.resolve_wkv7_op before loading), got {wkv_op!r}")
         config = RWKV7Config.from_state_dict(state_dict)
         config.wkv_op = wkv_op
-        with torch.device("meta"):
-            model = cls(config)
-        model.load_state_dict(state_dict, strict=True, assign=True)
-        if dtype is not None or device is not None:
-            model.to(device=device, dtype=dtype)
-        return model
+        return load_strictly(lambda: cls(config), state_dict, dtype, device)
 
     def forward(self, idx: torch.Tensor, state=None, return_state: bool = False):
         """idx [B, T] token ids -> logits [B, T, vocab]; with return_state also the recurrent state to continue
