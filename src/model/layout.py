@@ -31,6 +31,18 @@ def layer_count(state_dict: dict, generation: str) -> int:
     return n_layer
 
 
+def check_dimensions(config, names: tuple, generation: str) -> None:
+    """Every named size of `config` positive, and n_embd a whole number of heads."""
+    for name in names:
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{type(config).__name__}.{name} must be positive, got {getattr(config, name)}")
+    if config.n_embd % config.head_size:
+        raise ValueError(
+            f"n_embd={config.n_embd} is not a multiple of head_size={config.head_size}: {generation} splits the "
+            f"embedding into heads of head_size channels; choose n_embd as a multiple of {config.head_size}"
+        )
+
+
 def load_strictly(build_model, state_dict: dict, dtype=None, device=None):
     """The model `build_model()` makes, built on the meta device and given the state dict's tensors strictly
     (every key, every shape), then moved to `dtype`/`device` where given."""

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from src.model.layout import check_layout, layer_count, load_strictly, require
+from src.model.layout import check_dimensions, check_layout, layer_count, load_strictly, require
 from src.ops import WKV_OPS, wkv6
 
 GENERATION = "RWKV6"
@@ -44,14 +44,8 @@ class RWKV6Config:
     def __post_init__(self):
         if self.dim_ffn is None:
             self.dim_ffn = int(self.n_embd * 3.5) // 32 * 32
-        for name in ("n_layer", "n_embd", "vocab_size", "dim_ffn", "head_size", "dim_maa_lora", "dim_decay_lora"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RWKV6Config.{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.head_size:
-            raise ValueError(
-                f"n_embd={self.n_embd} is not a multiple of head_size={self.head_size}: RWKV6 splits the "
-                f"embedding into heads of head_size channels; choose n_embd as a multiple of {self.head_size}"
-            )
+        check_dimensions(self, ("n_layer", "n_embd", "vocab_size", "dim_ffn", "head_size", "dim_maa_lora",
+                                "dim_decay_lora"), GENERATION)
 
     @property
     def n_head(self) -> int:

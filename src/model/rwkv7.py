@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from src.model.layout import check_layout, layer_count, listing, load_strictly, require
+from src.model.layout import check_dimensions, check_layout, layer_count, listing, load_strictly, require
 from src.model.rwkv6 import concat_states, select_state, token_shift
 from src.ops.wkv7 import WKV7_OPS, wkv7
 
@@ -76,15 +76,8 @@ class RWKV7Config:
     def __post_init__(self):
         if self.dim_ffn is None:
             self.dim_ffn = 4 * self.n_embd
-        for name in ("n_layer", "n_embd", "vocab_size", "dim_ffn", "head_size", "dim_w_lora", "dim_a_lora",
-                     "dim_v_lora", "dim_g_lora"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"RWKV7Config.{name} must be positive, got {getattr(self, name)}")
-        if self.n_embd % self.head_size:
-            raise ValueError(
-                f"n_embd={self.n_embd} is not a multiple of head_size={self.head_size}: RWKV-7 splits the "
-                f"embedding into heads of head_size channels; choose n_embd as a multiple of {self.head_size}"
-            )
+        check_dimensions(self, ("n_layer", "n_embd", "vocab_size", "dim_ffn", "head_size", "dim_w_lora", "dim_a_lora",
+                                "dim_v_lora", "dim_g_lora"), GENERATION)
 
     @property
     def n_head(self) -> int:

@@ -156,18 +156,22 @@ def load_wkv6_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16
     if dtype not in ELEMENT_NAMES:
         raise ValueError(f"the WKV6 CUDA kernel supports bf16 and fp32 inputs, not {dtype}; use op='torch'")
     max_t = settings.max_t if max_t is None else int(max_t)
-    name = extension_name(head_size, max_t, dtype)
-    module = _loaded.get(name)
+    defines = [f"-D_N_={head_size}", f"-D_T_={max_t}"] + (["-DWKV6_FP32"] if dtype == torch.float32 else [])
+    return load_cached(_loaded, extension_name(head_size, max_t, dtype), CUDA_SOURCES, defines, build_extension)
+
+
+def load_cached(loaded: dict, name: str, sources, defines, build):
+    """loaded[name], or the build made once (under a lock) with `build(name, sources, defines, folder, verbose)`
+    in its own folder of the cache; every kernel's loader goes through here."""
+    module = loaded.get(name)
     if module is not None:
         return module
     with _load_lock:
-        if name not in _loaded:
-            cache_root = Path(settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
-            build_directory = cache_root / name
+        if name not in loaded:
+            build_directory = Path(settings.cache_dir or DEFAULT_CACHE_DIR).expanduser() / name
             build_directory.mkdir(parents=True, exist_ok=True)
-            defines = [f"-D_N_={head_size}", f"-D_T_={max_t}"] + (["-DWKV6_FP32"] if dtype == torch.float32 else [])
-            _loaded[name] = build_extension(name, CUDA_SOURCES, defines, build_directory, settings.verbose)
-        return _loaded[name]
+            loaded[name] = build(name, sources, defines, build_directory, settings.verbose)
+        return loaded[name]
 
 
 class Wkv6CudaFunction(torch.autograd.Function):

@@ -21,20 +21,12 @@ build into one place; the largest T is this module's own (`configure_wkv7_cuda(m
 Memory: forward keeps the state before every 16th token (fp32, B*H*ceil(T/16)*N*N floats = 16*B*T*C bytes at
 N=64) for the backward pass, which recomputes each 16-token chunk from it.
 """
-import threading
 from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
 
-from src.ops.wkv6_cuda import (  # noqa: F401  (re-exported: the generic pieces both kernels use)
-    DEFAULT_CACHE_DIR,
-    ELEMENT_NAMES,
-    build_extension,
-    cuda_unavailable_reason,
-    missing_build_tool,
-    settings,
-)
+from src.ops.wkv6_cuda import ELEMENT_NAMES, build_extension, load_cached
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CUDA_SOURCES = (REPO_ROOT / "cuda" / "wkv7_op.cpp", REPO_ROOT / "cuda" / "wkv7_cuda.cu")
@@ -44,7 +36,6 @@ MAX_T = 2 ** 31 - 1
 
 _max_t = DEFAULT_MAX_T
 _loaded = {}
-_load_lock = threading.Lock()
 
 
 def configure_wkv7_cuda(max_t: Optional[int] = None) -> int:
@@ -82,18 +73,8 @@ def load_wkv7_extension(head_size: int = 64, dtype: torch.dtype = torch.bfloat16
     if dtype not in ELEMENT_NAMES:
         raise ValueError(f"the WKV7 CUDA kernel supports bf16 and fp32 inputs, not {dtype}; use op='torch'")
     max_t = _max_t if max_t is None else int(max_t)
-    name = extension_name(head_size, max_t, dtype)
-    module = _loaded.get(name)
-    if module is not None:
-        return module
-    with _load_lock:
-        if name not in _loaded:
-            cache_root = Path(settings.cache_dir or DEFAULT_CACHE_DIR).expanduser()
-            build_directory = cache_root / name
-            build_directory.mkdir(parents=True, exist_ok=True)
-            _loaded[name] = build_extension(name, CUDA_SOURCES, build_defines(head_size, max_t, dtype),
-                                            build_directory, settings.verbose)
-        return _loaded[name]
+    return load_cached(_loaded, extension_name(head_size, max_t, dtype), CUDA_SOURCES,
+                       build_defines(head_size, max_t, dtype), build_extension)
 
 
 class Wkv7CudaFunction(torch.autograd.Function):

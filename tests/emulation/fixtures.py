@@ -36,10 +36,11 @@ def install_emulation(setattr_):
     # importlib, not `import src.ops.wkv6 as m`: src.ops re-exports the function wkv6 under the module's name.
     wkv6_module = importlib.import_module("src.ops.wkv6")
     wkv6_cuda = importlib.import_module("src.ops.wkv6_cuda")
+    choice = importlib.import_module("src.ops.choice")  # where resolve_wkv_op asks about the device
 
     setattr_(wkv6_cuda, "build_extension", emulation_build.build_emulated_extension)
     setattr_(wkv6_cuda, "_loaded", {})
-    for module in (wkv6_cuda, wkv6_module):
+    for module in (wkv6_cuda, wkv6_module, choice):
         current = getattr(module, "cuda_unavailable_reason", None)
         if current is not None and not getattr(current, "emulated", False):
             setattr_(module, "cuda_unavailable_reason", cpu_accepting(current))
