@@ -140,7 +140,7 @@ class _ChunkStateScan(torch.autograd.Function):
         return grad_decay, grad_kv, grad_initial
 
 
-class _ContiguousGrad(torch.autograd.Function):
+class ContiguousGrad(torch.autograd.Function):
     """Identity whose backward makes the incoming gradient contiguous.
 
     The output is handed back as [B, T, H, N], so its gradient arrives permuted relative to the chunk-major
@@ -210,5 +210,5 @@ def wkv6_torch(
     y = y + (r_c * torch.exp(a_excl)) @ entering
 
     # [C, B, H, L, N] -> [B, C, L, H, N] -> [B, T, H, N]
-    y = _ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
+    y = ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
     return y.to(r.dtype), S

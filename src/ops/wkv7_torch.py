@@ -41,6 +41,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from src.ops.wkv6_torch import ContiguousGrad
 from src.ops.wkv7_sequential import compute_dtype_for
 
 # Largest |log decay| per token allowed by the clamp: exp(-1/2).
@@ -90,18 +91,6 @@ class _ChunkStateScan(torch.autograd.Function):
         grad_initial = torch.baddbmm(G[0], GX[0], Mv[0].transpose(1, 2)).view(B, H, N, N)
         grad_M = entering.transpose(-1, -2) @ grad_X
         return grad_M, grad_X, grad_initial
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous (it arrives permuted from [B, T, H, N])."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
 
 
 def wkv7_torch(
@@ -175,5 +164,5 @@ def wkv7_torch(
     y = y_inner + r_eff @ entering.transpose(-1, -2)
 
     # [C, B, H, L, N] -> [B, C, L, H, N] -> [B, T, H, N]
-    y = _ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
+    y = ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
     return y.to(r.dtype), final
