@@ -1,19 +1,24 @@
 """Table 7 of the Bone paper (memory and throughput of fine-tuning), measured on this framework.
 
-For each strategy — full fine-tune, LoRA r=32, Bone b=64 materialised (the paper's implementation), the same with
+For each strategy — the no-adapter floor (only the LayerNorm weights trainable: the cost every adapter pays for
+the frozen base's forward and input backward), full fine-tune, LoRA r=32, Bone b=64 materialised (the paper's
+implementation), the same with
 Bone-only checkpointing, the same with whole-layer checkpointing, Bone b=64 factored (ours), MiSS r=64 (default
 form), MiSS-mini r=64 mini_r=64 and Bone-col b=64 — it reports the trainable parameters, the peak memory and the
 tokens/s of real training steps (forward, masked cross-entropy, backward, optimizer step, through the training
-module train.py uses), as the median of several steps after warm-up. Every row runs in a fresh process, so its
-memory peak is its own.
+module train.py uses), as the median of several steps after warm-up, and each row's tokens/s and memory as a ratio
+to LoRA's and to the floor's. Every row runs in a fresh process, so its memory peak is its own.
 
     python bench/table7.py                      # auto: CUDA if present, else the CPU table
     python bench/table7.py --device cpu         # scaled shape, fp32, torch WKV op, peak RSS per process
     python bench/table7.py --device cuda        # RWKV6-1.6B and 3B shapes, bf16, CUDA op, CUDA allocator peak
+    python bench/table7.py --device cpu --shapes x070-cpu          # the same rows on an RWKV-7 (x070)
+    python bench/table7.py --device cuda --shapes x070-1.5b,x070-2.9b
 
 GPU mode: RWKV6-1.6B (L24 D2048) and 3B (L32 D2560), vocab 65536, random weights (memory and speed do not depend
-on the values), bf16, batch 1 ctx 512 (the paper's setting) and batch 8 ctx 1024.
-CPU mode: a scaled shape chosen so the whole table runs in a few minutes on 2 cores.
+on the values), bf16, batch 1 ctx 512 (the paper's setting) and batch 8 ctx 1024; the RWKV-7 shapes x070-1.5b
+(L24 D2048) and x070-2.9b (L32 D2560) with the released models' mini-LoRA widths, on request.
+CPU mode: a scaled shape chosen so the whole table runs in a few minutes on 2 cores (x070-cpu: its RWKV-7 twin).
 Results: bench/results/table7-<device>.json and .md (the paper's numbers and each row's ratio to LoRA beside ours).
 """
 import argparse
@@ -39,9 +44,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Model shapes. vocab 65536 is the world tokenizer's; the CPU shape is scaled down to run in minutes.
 SHAPES = {
-    "1.6b": {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536, "label": "RWKV6-1.6B (L24 D2048)"},
-    "3b": {"n_layer": 32, "n_embd": 2560, "vocab_size": 65536, "label": "RWKV6-3B (L32 D2560)"},
-    "cpu": {"n_layer": 4, "n_embd": 512, "vocab_size": 4096, "label": "scaled CPU shape (L4 D512 vocab 4096)"},
+    "1.6b": {"arch": "x060", "n_layer": 24, "n_embd": 2048, "vocab_size": 65536, "label": "RWKV6-1.6B (L24 D2048)"},
+    "3b": {"arch": "x060", "n_layer": 32, "n_embd": 2560, "vocab_size": 65536, "label": "RWKV6-3B (L32 D2560)"},
+    "cpu": {"arch": "x060", "n_layer": 4, "n_embd": 512, "vocab_size": 4096,
+            "label": "scaled CPU shape (L4 D512 vocab 4096)"},
+    "x070-1.5b": {"arch": "x070", "n_layer": 24, "n_embd": 2048, "vocab_size": 65536,
+                  "label": "RWKV-7 1.5B (L24 D2048)"},
+    "x070-2.9b": {"arch": "x070", "n_layer": 32, "n_embd": 2560, "vocab_size": 65536,
+                  "label": "RWKV-7 2.9B (L32 D2560)"},
+    "x070-cpu": {"arch": "x070", "n_layer": 4, "n_embd": 512, "vocab_size": 4096,
+                 "label": "scaled CPU shape, RWKV-7 (L4 D512 vocab 4096)"},
 }
 # Batch settings: (micro batch, context length).
 SETTINGS = {"b1t512": (1, 512), "b8t1024": (8, 1024), "b2t256": (2, 256)}
@@ -51,9 +63,11 @@ DEFAULTS = {
     "cpu": {"shapes": "cpu", "settings": "b2t256", "dtype": "fp32", "warmup": 2, "steps": 5, "rounds": 2},
 }
 
-# The rows: name -> (label, adapter config as keyword arguments or None for full fine-tuning, layer checkpointing).
+# The rows: name -> (label, adapter: (method, keyword arguments), FULL or FLOOR; layer checkpointing).
+FULL, FLOOR = "full", "floor"
 ROWS = {
-    "full": ("Full fine-tune (reference)", None, False),
+    "floor": ("No adapter: LayerNorm weights only (the floor)", FLOOR, False),
+    "full": ("Full fine-tune (reference)", FULL, False),
     "lora": ("LoRA r=32", ("lora", {"r": 32, "alpha": 32.0}), False),
     "bone_mat": ("Bone b=64, materialised (paper's impl)", ("bone", {"b": 64, "impl": "materialize"}), False),
     "bone_mat_ckpt": ("Bone b=64, materialised + Bone checkpoint",
@@ -91,28 +105,40 @@ def fill_random_(model, seed: int) -> None:
     import torch
 
     generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    norm_names = (".ln0.", ".ln1.", ".ln2.", "ln_out.", ".ln_x.")
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if any(n in "." + name for n in norm_names):
+            if is_norm_parameter(name):
                 param.fill_(1.0 if name.endswith("weight") else 0.0)
             else:
                 param.normal_(0.0, 0.02, generator=generator)
 
 
 def build_model(shape: dict, layer_checkpointing: bool, wkv_op: str, device, dtype, seed: int):
-    """An RWKV6 of the given shape with random weights, built on the meta device and filled in place."""
+    """An RWKV6 or RWKV-7 (shape["arch"], default x060) of the given shape with random weights, built on the meta
+    device and filled in place. RWKV-7 gets the released models' mini-LoRA widths for its n_embd."""
     import torch
 
     from src.model import RWKV6, RWKV6Config
+    from src.model.rwkv7 import RWKV7, RWKV7Config
+    from src.train.plan import default_x070_lora_dims
 
-    config = RWKV6Config(n_layer=shape["n_layer"], n_embd=shape["n_embd"], vocab_size=shape["vocab_size"],
-                         wkv_op=wkv_op, layer_checkpointing=layer_checkpointing)
+    dims = dict(n_layer=shape["n_layer"], n_embd=shape["n_embd"], vocab_size=shape["vocab_size"], wkv_op=wkv_op,
+                layer_checkpointing=layer_checkpointing)
+    if shape.get("arch", "x060") == "x070":
+        w, a, v, g = default_x070_lora_dims(shape["n_embd"])
+        model_class, config = RWKV7, RWKV7Config(**dims, dim_w_lora=w, dim_a_lora=a, dim_v_lora=v, dim_g_lora=g)
+    else:
+        model_class, config = RWKV6, RWKV6Config(**dims)
     with torch.device("meta"):
-        model = RWKV6(config)
+        model = model_class(config)
     model = model.to(dtype=dtype).to_empty(device=device)
     fill_random_(model, seed)
     return model
+
+
+def is_norm_parameter(name: str) -> bool:
+    """LayerNorm / GroupNorm parameters (ln0, ln1, ln2, ln_out, att.ln_x): what the floor row trains."""
+    return any(part in "." + name for part in (".ln0.", ".ln1.", ".ln2.", ".ln_out.", ".ln_x."))
 
 
 def make_adapter_config(spec):
@@ -163,12 +189,17 @@ def run_worker(args) -> dict:
               "micro_bsz": micro_bsz, "ctx_len": ctx_len, "dtype": args.dtype, "status": "error"}
     try:
         from src.ops import resolve_wkv_op
+        from src.ops.wkv7 import resolve_wkv7_op
 
-        wkv_op = resolve_wkv_op(args.wkv_op, device, head_size=64, dtype=dtype).op
+        resolve = resolve_wkv7_op if shape.get("arch") == "x070" else resolve_wkv_op
+        wkv_op = resolve(args.wkv_op, device, head_size=64, dtype=dtype).op
         result["wkv_op"] = wkv_op
         model = build_model(shape, layer_ckpt, wkv_op, device, dtype, args.seed)
-        if adapter is None:
+        if adapter == FULL:
             model.requires_grad_(True)
+        elif adapter == FLOOR:
+            for name, param in model.named_parameters():
+                param.requires_grad_(is_norm_parameter(name))
         else:
             from src.peft import apply_peft
 
@@ -323,14 +354,18 @@ def combine(runs: list, device: str) -> list:
             entry["memory_kind"] = "peak RSS of the row's process (kernel ru_maxrss)"
         table.append(entry)
     for entry in table:
-        lora = next((e for e in table if e["shape"] == entry["shape"] and e["setting"] == entry["setting"]
-                     and e["row"] == "lora" and e.get("status") == "ok"), None)
-        if lora is None or entry.get("status") != "ok":
+        if entry.get("status") != "ok":
             continue
-        entry["tokens_per_s_vs_lora"] = entry["tokens_per_s"] / lora["tokens_per_s"]
-        entry["memory_vs_lora"] = entry["memory_mb"] / lora["memory_mb"]
-        if "train_peak_above_model_mb" in entry:
-            entry["train_peak_vs_lora"] = entry["train_peak_above_model_mb"] / lora["train_peak_above_model_mb"]
+        for reference_row, suffix in (("lora", "lora"), ("floor", "floor")):
+            reference = next((e for e in table if e["shape"] == entry["shape"] and e["setting"] == entry["setting"]
+                              and e["row"] == reference_row and e.get("status") == "ok"), None)
+            if reference is None:
+                continue
+            entry[f"tokens_per_s_vs_{suffix}"] = entry["tokens_per_s"] / reference["tokens_per_s"]
+            entry[f"memory_vs_{suffix}"] = entry["memory_mb"] / reference["memory_mb"]
+            if "train_peak_above_model_mb" in entry:
+                entry[f"train_peak_vs_{suffix}"] = (entry["train_peak_above_model_mb"]
+                                                    / reference["train_peak_above_model_mb"])
     return table
 
 
@@ -379,7 +414,7 @@ def render_markdown(table: list, info: dict, args, device: str) -> str:
             headers = ["Strategy", "Trainable", "Peak memory (MiB)", "× LoRA"]
             if cpu:
                 headers += ["Train peak (MiB)", "× LoRA"]
-            headers += ["Tokens/s", "× LoRA"]
+            headers += ["Tokens/s", "× LoRA", "× floor"]
             paper_shapes = [s for s in ("1.6b", "3b") if s == shape] or ["1.6b", "3b"]
             headers += [f"Paper {s.upper()} (× LoRA mem / speed)" for s in paper_shapes]
             rows = []
@@ -394,12 +429,17 @@ def render_markdown(table: list, info: dict, args, device: str) -> str:
                          ratio(entry, "memory_vs_lora")]
                 if cpu:
                     cells += [f"{entry['train_peak_above_model_mb']:.0f}", ratio(entry, "train_peak_vs_lora")]
-                cells += [f"{entry['tokens_per_s']:.0f}", ratio(entry, "tokens_per_s_vs_lora")]
+                cells += [f"{entry['tokens_per_s']:.0f}", ratio(entry, "tokens_per_s_vs_lora"),
+                          ratio(entry, "tokens_per_s_vs_floor")]
                 cells += [paper_cell(entry["row"], s) for s in paper_shapes]
                 rows.append(cells)
             right = set(range(1, len(headers) - len(paper_shapes)))
             lines.append(markdown_table(headers, rows, right_align=right))
             lines.append("")
+            if any(e["row"] == "floor" and e["shape"] == shape for e in table):
+                lines.append("× floor: tokens/s as a ratio to the floor row (only the LayerNorm weights trainable); "
+                             "the goal for factored Bone is at least 0.95×.")
+                lines.append("")
             if shape in PAPER_TRAINABLE:
                 lines.append(f"The paper's trainable count for this shape: {PAPER_TRAINABLE[shape]} (LoRA r=32 = "
                              f"Bone b=64).")

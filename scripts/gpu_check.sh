@@ -6,6 +6,8 @@
 #   bash scripts/gpu_check.sh               # on the GPU machine; with $OUT set, results and logs are copied there
 #   DRY_RUN=1 bash scripts/gpu_check.sh     # prints the plan (every command, with sizes); needs no GPU, no torch
 #   GPU_CHECK_SMALL=1 bash scripts/gpu_check.sh   # the same plumbing at toy sizes on a CPU (a check of the script)
+#   GPU_CHECK_ARCH=x070 bash scripts/gpu_check.sh # the same parts for RWKV-7: 1.5B and 2.9B shapes, our WKV7
+#                                                 # kernel, bench/wkv7.py (fla's chunk_rwkv7), Table 7 x070 rows
 #
 # Parts, each in its own process(es), timed, under `timeout`, and guarded so that one failure does not stop the
 # rest (the exit status is 1 when any part failed or ran out of time; a failed optional part is a WARN):
@@ -14,6 +16,7 @@
 #   build-*     JIT builds ahead of use, in the background: our WKV6 kernel (bf16, fp32), DeepSpeed's FusedAdam,
 #               the rwkv package's CUDA ops (what train.py, the tests, the benches and demo/chat.py load later)
 #   ckpt-1.6b, ckpt-3b   random official-layout RWKV6 checkpoints, L24 D2048 and L32 D2560, vocab 65536, bf16
+#               (x070: ckpt-1.5b, ckpt-2.9b, RWKV-7 at the same L and D with the released mini-LoRA widths)
 #   data        a tiny SFT jsonl and GSM8K-format questions (demo/quickstart_task.py)
 #   train-1.6b  train.py --peft bone --bone_b 64 on the 1.6B file, every engine default (bf16, --wkv_op auto,
 #               DeepSpeed stage 2, FusedAdam); the log must say the WKV op is cuda
@@ -21,16 +24,19 @@
 #   merge       python3 -m src.merge of the trained adapter (alongside pytest-gpu: it runs on the CPU)
 #   eval        python3 -m src.eval.math on a handful of questions; chat: demo/chat.py with a scripted question
 #   wkv-bench   bench/wkv.py: our kernel vs the torch op, bf16 and fp32 -> bench/results/wkv-<gpu>.{json,md}
+#               (x070: bench/wkv7.py -> bench/results/wkv7-<gpu>.{json,md})
 #   table7-1.6b, table7-3b   scripts/bench_table7.sh, batch 1 ctx 512 -> bench/results/table7-<gpu>-<shape>.{json,md}
 #   train-3b    train.py --peft bone on the 3B file, a few steps
-#   wkv-fla     fla's chunk_rwkv6 added to the wkv table, last and optional (WARN, not FAIL): its Triton autotuning
+#   wkv-fla     fla's chunk_rwkv6 (x070: chunk_rwkv7) added to the wkv table, last and optional (WARN, not FAIL): its Triton autotuning
 #               alone can take minutes
 # Then bench/results/gpu-check-<gpu>.{md,json} (one line per part) and, where $OUT is set, the results files and
 # one tar of every log are copied to $OUT.
 #
 # Settings (environment): GPU_CHECK_BUDGET_S (470: the whole run; each part's timeout is cut to what is left),
 # GPU_CHECK_WORK (/tmp/gpu_check: checkpoints, runs, logs; about 16 GB at full size), GPU_CHECK_SITE (/tmp/site),
-# GPU_CHECK_WHEELS (.whl), PYTHON (python3), GPU_CHECK_T7_ROWS_16 / GPU_CHECK_T7_ROWS_3B (Table 7 rows).
+# GPU_CHECK_WHEELS (.whl), PYTHON (python3), GPU_CHECK_T7_ROWS_16 / GPU_CHECK_T7_ROWS_3B (Table 7 rows),
+# GPU_CHECK_ARCH (x060: RWKV6, the default; x070: RWKV-7). The summary is gpu-check-<gpu>.md (x070:
+# gpu-check-x070-<gpu>.md), so the two runs' results sit side by side.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,6 +51,12 @@ RESERVE_S=15      # kept back for the summary and the copies at the end
 MIN_PART_S=20     # a part is not started with less than this left
 LOGS=$WORK/logs
 HELPER=scripts/gpu_check_helper.py
+ARCH=${GPU_CHECK_ARCH:-x060}
+case $ARCH in
+  x060) NAME_A=1.6b; NAME_B=3b; WKV_STEM=wkv; WKV_BENCH=bench/wkv.py; FLA_KERNEL=chunk_rwkv6; KERNEL=WKV6; KERNEL_DIR=wkv6 ;;
+  x070) NAME_A=1.5b; NAME_B=2.9b; WKV_STEM=wkv7; WKV_BENCH=bench/wkv7.py; FLA_KERNEL=chunk_rwkv7; KERNEL=WKV7; KERNEL_DIR=wkv7 ;;
+  *) echo "GPU_CHECK_ARCH must be x060 or x070, got '$ARCH'"; exit 2 ;;
+esac
 
 # ---------------------------------------------------------------- sizes
 if [[ $SMALL == 1 ]]; then
@@ -56,26 +68,26 @@ if [[ $SMALL == 1 ]]; then
   CHAT_ARGS=(--device cpu --max_tokens 8)
   T7_COMMON=(DEVICE=cpu SETTINGS=b2t256 STEPS=1 WARMUP=0 ROUNDS=1)
   T7_ROWS_A=${GPU_CHECK_T7_ROWS_16:-lora,bone_factored}; T7_ROWS_B=${GPU_CHECK_T7_ROWS_3B:-lora}
-  T7_SHAPE_A=cpu; T7_SHAPE_B=cpu
+  if [[ $ARCH == x070 ]]; then T7_SHAPE_A=x070-cpu; T7_SHAPE_B=x070-cpu; else T7_SHAPE_A=cpu; T7_SHAPE_B=cpu; fi
   N_TRAIN=64; N_TEST=4
   RESULTS=$WORK/results
 else
-  SIZE_NOTE="full: RWKV6-1.6B and 3B shapes on the GPU"
+  SIZE_NOTE="full: $ARCH $NAME_A and $NAME_B shapes on the GPU"
   SHAPE_A=(24 2048 65536); SHAPE_B=(32 2560 65536)
   TRAIN_A=(--ctx_len 512 --micro_bsz 8 --epoch_steps 16)
   TRAIN_B=(--ctx_len 512 --micro_bsz 4 --epoch_steps 4)
   EVAL_ARGS=(--limit 8 --batch_size 8 --max_new_tokens 64)
   CHAT_ARGS=(--max_tokens 48)
   T7_COMMON=(DEVICE=cuda SETTINGS=b1t512 STEPS=10 WARMUP=3 ROUNDS=1)
-  T7_ROWS_A=${GPU_CHECK_T7_ROWS_16:-lora,bone_mat,bone_mat_ckpt,bone_mat_layer_ckpt,bone_factored}
+  T7_ROWS_A=${GPU_CHECK_T7_ROWS_16:-floor,lora,bone_mat,bone_mat_ckpt,bone_mat_layer_ckpt,bone_factored}
   T7_ROWS_B=${GPU_CHECK_T7_ROWS_3B:-lora,bone_mat,bone_mat_ckpt,bone_factored}
-  T7_SHAPE_A=1.6b; T7_SHAPE_B=3b
+  if [[ $ARCH == x070 ]]; then T7_SHAPE_A=x070-1.5b; T7_SHAPE_B=x070-2.9b; else T7_SHAPE_A=1.6b; T7_SHAPE_B=3b; fi
   N_TRAIN=400; N_TEST=16
   RESULTS=bench/results
 fi
-CK_A=$WORK/rwkv6-1b6-random.pth; CK_B=$WORK/rwkv6-3b-random.pth
+CK_A=$WORK/$ARCH-$NAME_A-random.pth; CK_B=$WORK/$ARCH-$NAME_B-random.pth
 DATA=$WORK/data; SFT=$DATA/train.jsonl; QUESTIONS=$DATA/test.jsonl
-PROJ_A=$WORK/bone-1b6; PROJ_B=$WORK/bone-3b
+PROJ_A=$WORK/bone-$ARCH-$NAME_A; PROJ_B=$WORK/bone-$ARCH-$NAME_B
 MERGED=$PROJ_A/merged.pth
 CHAT_PROMPT="Sara has 12 shells. How many after finding 7 more?"
 BONE=(--peft bone --bone_b 64 --data_type sft --epoch_count 1 --epoch_save 0 --save_every_steps 0
@@ -83,10 +95,15 @@ BONE=(--peft bone --bone_b 64 --data_type sft --epoch_count 1 --epoch_save 0 --s
 
 # Parameters of an RWKV6 (L, D, V): per layer 6 D^2 (r,k,v,g,o + ffn.receptance) + 2 D F (ffn key, value),
 # F = int(3.5 D) // 32 * 32, plus the mixing LoRAs and vectors (~470 D); embedding and head 2 V D.
+# RWKV-7: 4 D^2 (r,k,v,o) + 2 D F with F = 4 D, plus its w/a/v/g LoRAs (~1000 D at these widths).
 approx_params() {
   local L=$1 D=$2 V=$3 F
-  F=$(( (D * 7 / 2) / 32 * 32 ))
-  echo $(( L * (6 * D * D + 2 * D * F + 470 * D) + 2 * V * D ))
+  if [[ $ARCH == x070 ]]; then
+    echo $(( L * (4 * D * D + 8 * D * D + 1000 * D) + 2 * V * D ))
+  else
+    F=$(( (D * 7 / 2) / 32 * 32 ))
+    echo $(( L * (6 * D * D + 2 * D * F + 470 * D) + 2 * V * D ))
+  fi
 }
 describe_shape() {
   local n; n=$(approx_params "$@")
@@ -133,8 +150,8 @@ budget_for() {  # echo the timeout a part may have now, or nothing if none is le
 }
 
 # Build folders of the background builds (in TORCH_EXTENSIONS_DIR), so that their locks are left alone while they run.
-declare -A BG_DIRS=([build-wkv-bf16]="wkv6_n64_t4096_bf16" [build-wkv-fp32]="wkv6_n64_t4096_fp32"
-                    [build-fused-adam]="fused_adam" [build-rwkv]="wkv_cuda rwkv6")
+declare -A BG_DIRS=([build-wkv-bf16]="${KERNEL_DIR}_n64_t4096_bf16" [build-wkv-fp32]="${KERNEL_DIR}_n64_t4096_fp32"
+                    [build-fused-adam]="fused_adam" [build-rwkv]="wkv_cuda rwkv6 wkv7s")
 clear_stale_locks() {  # a JIT build killed half-way leaves its folder's lock file, on which every later load of that
   local keep=() name lock dir  # extension would wait until its own timeout: remove those no running build owns
   for name in "${!BG_PID[@]}"; do
@@ -223,7 +240,7 @@ check_imports() {
   ! grep -q "MISSING (required)" "$1"
 }
 check_line() {  # the last line that a helper step prints about itself
-  FIGURE=$(grep -E '^(wkv6 cuda|DeepSpeed FusedAdam|rwkv package|checkpoint )' "$1" | tail -n 1)
+  FIGURE=$(grep -E '^(wkv[67] cuda|DeepSpeed FusedAdam|rwkv package|checkpoint )' "$1" | tail -n 1)
   [[ -n $FIGURE ]]
 }
 check_data() {
@@ -271,11 +288,11 @@ check_chat() {
 }
 check_wkv() {
   if [[ $SMALL == 1 ]]; then FIGURE=$(last_line "$1"); return 0; fi
-  FIGURE=$("$PY" "$HELPER" figure wkv "$RESULTS/wkv-$GPU_SLUG.json" 2>&1)
+  FIGURE=$("$PY" "$HELPER" figure wkv "$RESULTS/$WKV_STEM-$GPU_SLUG.json" 2>&1)
 }
 check_wkv_fla() {
   if [[ $SMALL == 1 ]]; then FIGURE=$(last_line "$1"); return 0; fi
-  FIGURE=$("$PY" "$HELPER" figure wkv-fla "$RESULTS/wkv-$GPU_SLUG.json" 2>&1)
+  FIGURE=$("$PY" "$HELPER" figure wkv-fla "$RESULTS/$WKV_STEM-$GPU_SLUG.json" 2>&1)
 }
 check_t7_a() { FIGURE=$("$PY" "$HELPER" figure table7 "$RESULTS/table7-$T7_TAG_A.json" 2>&1); }
 check_t7_b() { FIGURE=$("$PY" "$HELPER" figure table7 "$RESULTS/table7-$T7_TAG_B.json" 2>&1); }
@@ -360,34 +377,34 @@ T7_TAG_A="$GPU_SLUG-$T7_SHAPE_A"; T7_TAG_B="$GPU_SLUG-$T7_SHAPE_B"
 if [[ $SMALL == 1 ]]; then
   for name in build-wkv-bf16 build-wkv-fp32 build-fused-adam build-rwkv; do skip_small "$name"; done
 else
-  start_bg build-wkv-bf16 240 check_line "our WKV6 kernel, bf16 (train.py, eval, benches)" "$PY" "$HELPER" build-wkv bf16
-  start_bg build-wkv-fp32 240 check_line "our WKV6 kernel, fp32 (tests, wkv bench)" "$PY" "$HELPER" build-wkv fp32
+  start_bg build-wkv-bf16 240 check_line "our $KERNEL kernel, bf16 (train.py, eval, benches)" "$PY" "$HELPER" build-wkv bf16 --arch "$ARCH"
+  start_bg build-wkv-fp32 240 check_line "our $KERNEL kernel, fp32 (tests, wkv bench)" "$PY" "$HELPER" build-wkv fp32 --arch "$ARCH"
   start_bg build-fused-adam 240 check_line "DeepSpeed FusedAdam (train.py under DeepSpeed on GPU)" "$PY" "$HELPER" build-fused-adam
-  start_bg build-rwkv 300 check_line "the rwkv package's CUDA ops (demo/chat.py's default engine)" "$PY" "$HELPER" build-rwkv "$WORK/rwkv-build"
+  start_bg build-rwkv 300 check_line "the rwkv package's CUDA ops (demo/chat.py's default engine)" "$PY" "$HELPER" build-rwkv "$WORK/rwkv-build" --arch "$ARCH"
 fi
 run_part imports 90 check_imports "versions of the packages every part imports" "$PY" "$HELPER" imports
-run_part ckpt-1.6b 150 check_line "$(describe_shape "${SHAPE_A[@]}")" \
-  "$PY" "$HELPER" checkpoint "$CK_A" --n_layer "${SHAPE_A[0]}" --n_embd "${SHAPE_A[1]}" --vocab_size "${SHAPE_A[2]}"
+run_part "ckpt-$NAME_A" 150 check_line "$ARCH $(describe_shape "${SHAPE_A[@]}")" \
+  "$PY" "$HELPER" checkpoint "$CK_A" --n_layer "${SHAPE_A[0]}" --n_embd "${SHAPE_A[1]}" --vocab_size "${SHAPE_A[2]}" --arch "$ARCH"
 run_part data 60 check_data "$N_TRAIN SFT records (query/response) and $N_TEST GSM8K-format questions" \
   "$PY" demo/quickstart_task.py --out_dir "$DATA" --seed 0 --n_train "$N_TRAIN" --n_test "$N_TEST" --n_pretrain 10
-run_part ckpt-3b 180 check_line "$(describe_shape "${SHAPE_B[@]}")" \
-  "$PY" "$HELPER" checkpoint "$CK_B" --n_layer "${SHAPE_B[0]}" --n_embd "${SHAPE_B[1]}" --vocab_size "${SHAPE_B[2]}"
+run_part "ckpt-$NAME_B" 180 check_line "$ARCH $(describe_shape "${SHAPE_B[@]}")" \
+  "$PY" "$HELPER" checkpoint "$CK_B" --n_layer "${SHAPE_B[0]}" --n_embd "${SHAPE_B[1]}" --vocab_size "${SHAPE_B[2]}" --arch "$ARCH"
 wait_bg build-wkv-bf16
 wait_bg build-fused-adam
 
 # ---------------------------------------------------------------- 4. train, test, merge, evaluate, chat
 steps_a=$(( ${TRAIN_A[5]} )); tokens_a=$(( ${TRAIN_A[1]} * ${TRAIN_A[3]} * ${TRAIN_A[5]} ))
-run_part train-1.6b 180 check_train_a \
+run_part "train-$NAME_A" 180 check_train_a \
   "Bone b=64, $steps_a steps of micro_bsz ${TRAIN_A[3]} x ctx ${TRAIN_A[1]} ($tokens_a tokens); engine defaults" \
   "$PY" train.py "${BONE[@]}" --load_model "$CK_A" --data_file "$SFT" --proj_dir "$PROJ_A" "${TRAIN_A[@]}"
-start_bg merge 150 check_merge "fold adapter-final.pth into the 1.6B base (CPU, fp32), write merged.pth (bf16)" \
+start_bg merge 150 check_merge "fold adapter-final.pth into the $NAME_A base (CPU, fp32), write merged.pth (bf16)" \
   "$PY" -m src.merge --base "$CK_A" --adapter "$PROJ_A/adapter-final.pth" --output "$MERGED"
 wait_bg build-wkv-fp32
 run_part pytest-gpu 150 check_pytest "the tests marked gpu, with this machine's torch" \
   "$PY" -m pytest -q -m gpu tests/
 wait_bg merge
 run_part eval 90 check_eval "greedy GSM8K-format scoring of the merged model: ${EVAL_ARGS[*]}" \
-  "$PY" -m src.eval.math --model "$MERGED" --data "$QUESTIONS" --format gsm8k --out "$WORK/eval-1b6.jsonl" "${EVAL_ARGS[@]}"
+  "$PY" -m src.eval.math --model "$MERGED" --data "$QUESTIONS" --format gsm8k --out "$WORK/eval-$NAME_A.jsonl" "${EVAL_ARGS[@]}"
 CHAT_ENGINE=()
 if ! wait_bg build-rwkv && [[ $DRY_RUN != 1 && $SMALL != 1 ]]; then
   # The rwkv package's CUDA build failed (build-rwkv says why): its engine would only fail again, slowly, so the
@@ -398,29 +415,30 @@ run_part chat 150 check_chat "one scripted question to the merged model (default
   "$PY" demo/chat.py --model "$MERGED" --prompt "$CHAT_PROMPT" --jsonl "${CHAT_ARGS[@]}" "${CHAT_ENGINE[@]}"
 
 # ---------------------------------------------------------------- 5. benchmarks
-run_part wkv-bench 150 check_wkv "B8 T1024 H32 N64: our cuda op and the torch op, bf16 and fp32 -> $RESULTS/wkv-$GPU_SLUG.{json,md}" \
-  "$PY" bench/wkv.py --skip-cpu --variants cuda,torch
-run_part table7-1.6b 150 check_t7_a "Table 7 rows $T7_ROWS_A at shape $T7_SHAPE_A -> $RESULTS/table7-$T7_TAG_A.{json,md}" \
+run_part wkv-bench 150 check_wkv "B8 T1024 H32 N64: our $KERNEL cuda op and the torch op, bf16 and fp32 -> $RESULTS/$WKV_STEM-$GPU_SLUG.{json,md}" \
+  "$PY" "$WKV_BENCH" --skip-cpu --variants cuda,torch
+run_part "table7-$NAME_A" 150 check_t7_a "Table 7 rows $T7_ROWS_A at shape $T7_SHAPE_A -> $RESULTS/table7-$T7_TAG_A.{json,md}" \
   env PYTHON="$PY" "${T7_COMMON[@]}" SHAPES="$T7_SHAPE_A" ROWS="$T7_ROWS_A" \
   bash scripts/bench_table7.sh --tag "$T7_TAG_A" --out_dir "$RESULTS" --timeout 120
-run_part table7-3b 150 check_t7_b "Table 7 rows $T7_ROWS_B at shape $T7_SHAPE_B -> $RESULTS/table7-$T7_TAG_B.{json,md}" \
+run_part "table7-$NAME_B" 150 check_t7_b "Table 7 rows $T7_ROWS_B at shape $T7_SHAPE_B -> $RESULTS/table7-$T7_TAG_B.{json,md}" \
   env PYTHON="$PY" "${T7_COMMON[@]}" SHAPES="$T7_SHAPE_B" ROWS="$T7_ROWS_B" \
   bash scripts/bench_table7.sh --tag "$T7_TAG_B" --out_dir "$RESULTS" --timeout 120
 
 # ---------------------------------------------------------------- 6. the 3B checkpoint through train.py
 steps_b=$(( ${TRAIN_B[5]} )); tokens_b=$(( ${TRAIN_B[1]} * ${TRAIN_B[3]} * ${TRAIN_B[5]} ))
-run_part train-3b 120 check_train_b \
-  "Bone b=64 on the 3B file, $steps_b steps of micro_bsz ${TRAIN_B[3]} x ctx ${TRAIN_B[1]} ($tokens_b tokens)" \
+run_part "train-$NAME_B" 120 check_train_b \
+  "Bone b=64 on the $NAME_B file, $steps_b steps of micro_bsz ${TRAIN_B[3]} x ctx ${TRAIN_B[1]} ($tokens_b tokens)" \
   "$PY" train.py "${BONE[@]}" --load_model "$CK_B" --data_file "$SFT" --proj_dir "$PROJ_B" "${TRAIN_B[@]}"
 
 # ---------------------------------------------------------------- 7. fla's Triton kernel, with what time is left
 # Last, because its first call autotunes fla's Triton kernels (hundreds of configurations: minutes); optional.
-run_part wkv-fla 150 check_wkv_fla "fla chunk_rwkv6 bf16 at the same shape, added to $RESULTS/wkv-$GPU_SLUG.{json,md} (optional)" \
-  "$PY" bench/wkv.py --skip-cpu --variants fla --update
+run_part wkv-fla 150 check_wkv_fla "fla $FLA_KERNEL bf16 at the same shape, added to $RESULTS/$WKV_STEM-$GPU_SLUG.{json,md} (optional)" \
+  "$PY" "$WKV_BENCH" --skip-cpu --variants fla --update
 
 # ---------------------------------------------------------------- 8. summary, results and logs to $OUT
-SUMMARY_MD=$RESULTS/gpu-check-$GPU_SLUG.md; SUMMARY_JSON=$RESULTS/gpu-check-$GPU_SLUG.json
-TARBALL=$WORK/gpu-check-logs-$GPU_SLUG.tar.gz
+SUMMARY_STEM=gpu-check-$GPU_SLUG; [[ $ARCH == x070 ]] && SUMMARY_STEM=gpu-check-x070-$GPU_SLUG
+SUMMARY_MD=$RESULTS/$SUMMARY_STEM.md; SUMMARY_JSON=$RESULTS/$SUMMARY_STEM.json
+TARBALL=$WORK/$SUMMARY_STEM-logs.tar.gz
 if [[ $DRY_RUN == 1 ]]; then
   printf '\n[summary] one line per part -> %s and %s\n' "$SUMMARY_MD" "$SUMMARY_JSON"
   printf '+ %s\n' "$(quote "$PY" "$HELPER" summary "$LOGS/parts.tsv" --md "$SUMMARY_MD" --json "$SUMMARY_JSON")"
@@ -439,7 +457,7 @@ for name in "${!BG_PID[@]}"; do wait_bg "$name"; done   # any background part no
   || echo "(summary files not written: see $LOGS/summary.log)"
 mapfile -t run_results < <(find "$RESULTS" -maxdepth 1 -type f -newer "$LOGS/.start" \( -name '*.json' -o -name '*.md' \) | sort)
 extras=()
-for f in "$PROJ_A/metrics.csv" "$PROJ_A/loss.png" "$PROJ_B/metrics.csv" "$PROJ_B/loss.png" "$WORK/eval-1b6.jsonl"; do
+for f in "$PROJ_A/metrics.csv" "$PROJ_A/loss.png" "$PROJ_B/metrics.csv" "$PROJ_B/loss.png" "$WORK/eval-$NAME_A.jsonl"; do
   [[ -f $f ]] && extras+=("${f#"$WORK"/}")
 done
 mkdir -p "$WORK/results-copy"

@@ -91,8 +91,9 @@ def cmd_imports(args) -> int:
     for name in REQUIRED_IMPORTS + OPTIONAL_IMPORTS:
         try:
             module = importlib.import_module(name)
-            if name == "fla":  # the kernel bench/wkv.py compares against
+            if name == "fla":  # the kernels bench/wkv.py and bench/wkv7.py compare against
                 importlib.import_module("fla.ops.rwkv6").chunk_rwkv6  # noqa: B018
+                importlib.import_module("fla.ops.rwkv7").chunk_rwkv7  # noqa: B018
             where = os.path.dirname(getattr(module, "__file__", "") or "")
             print(f"pkg {name:18s} {module_version(name, module):14s} {where}", flush=True)
         except Exception as error:
@@ -119,7 +120,7 @@ def cmd_checkpoint(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     started = time.perf_counter()
-    shape = {"n_layer": args.n_layer, "n_embd": args.n_embd, "vocab_size": args.vocab_size}
+    shape = {"arch": args.arch, "n_layer": args.n_layer, "n_embd": args.n_embd, "vocab_size": args.vocab_size}
     model = build_model(shape, False, "torch", torch.device(device), dtype, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     built = time.perf_counter() - started
@@ -130,8 +131,8 @@ def cmd_checkpoint(args) -> int:
                       "vocab_size": args.vocab_size, "params": n_params, "bytes": size, "dtype": args.dtype,
                       "device": device, "build_s": round(built, 1),
                       "total_s": round(time.perf_counter() - started, 1)}))
-    print(f"checkpoint {path}: L{args.n_layer} D{args.n_embd} vocab {args.vocab_size}, {n_params / 1e9:.3f}B "
-          f"parameters, {size / 2 ** 30:.2f} GiB {args.dtype}")
+    print(f"checkpoint {path}: {args.arch} L{args.n_layer} D{args.n_embd} vocab {args.vocab_size}, "
+          f"{n_params / 1e9:.3f}B parameters, {size / 2 ** 30:.2f} GiB {args.dtype}")
     return 0
 
 
@@ -139,24 +140,31 @@ def cmd_checkpoint(args) -> int:
 
 
 def cmd_build_wkv(args) -> int:
+    """Build our WKV6 (--arch x060) or WKV7 (x070) kernel for head size 64 and check one T=33 call against the
+    float64 torch op on the same inputs (the benchmarks' input makers)."""
     import torch
 
-    from src.ops import wkv6
-    from src.ops.wkv6_cuda import configure_wkv6_cuda, load_wkv6_extension
+    from src.ops.wkv6_cuda import configure_wkv6_cuda
 
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    configure_wkv6_cuda(cache_dir=os.environ.get("TORCH_EXTENSIONS_DIR"), verbose=True)
+    configure_wkv6_cuda(cache_dir=os.environ.get("TORCH_EXTENSIONS_DIR"), verbose=True)  # WKV7 builds share it
+    if args.arch == "x070":
+        from bench.wkv7 import make_inputs
+        from src.ops.wkv7 import wkv7 as op
+        from src.ops.wkv7_cuda import load_wkv7_extension as load
+    else:
+        from bench.wkv import make_inputs
+        from src.ops import wkv6 as op
+        from src.ops.wkv6_cuda import load_wkv6_extension as load
     started = time.perf_counter()
-    load_wkv6_extension(head_size=64, dtype=dtype)
+    load(head_size=64, dtype=dtype)
     built = time.perf_counter() - started
-    gen = torch.Generator().manual_seed(0)
-    r, k, v = (torch.randn(1, 33, 2, 64, generator=gen).cuda().to(dtype) * 0.5 for _ in range(3))
-    w = (torch.rand(1, 33, 2, 64, generator=gen) * 7 - 6).cuda().to(dtype)
-    u = (torch.randn(2, 64, generator=gen) * 0.5).cuda()
-    y, _ = wkv6(r, k, v, w, u, op="cuda")
-    y_ref, _ = wkv6(r.double(), k.double(), v.double(), w.double(), u.double(), op="torch")
+    inputs, _ = make_inputs(1, 33, 2, 64, dtype=dtype, device="cuda", seed=0)
+    y, _ = op(*inputs, op="cuda")
+    y_ref, _ = op(*[x.double() for x in inputs], op="torch")
     error = (y.double() - y_ref).abs().max().item() / max(y_ref.abs().max().item(), 1e-30)
-    print(f"wkv6 cuda {args.dtype}: built/loaded in {built:.1f} s; T=33 relative max error vs float64 torch op "
+    name = "wkv7" if args.arch == "x070" else "wkv6"
+    print(f"{name} cuda {args.dtype}: built/loaded in {built:.1f} s; T=33 relative max error vs float64 torch op "
           f"{error:.2e}")
     return 0 if error < 3e-2 else 1
 
@@ -179,29 +187,28 @@ def cmd_build_fused_adam(args) -> int:
 
 
 def cmd_build_rwkv(args) -> int:
-    """The rwkv package compiles its CUDA ops on import (wkv_cuda) and on loading an RWKV6 (rwkv6): a tiny model
-    with head size 64, as the 1.6B/3B ones have, makes the same builds demo/chat.py will load later."""
+    """The rwkv package compiles its CUDA ops on import (wkv_cuda) and on loading a model of the generation
+    (--arch): a tiny model with head size 64, as the large ones have, makes the builds demo/chat.py loads later."""
     import torch
 
     from demo.chat import set_rwkv_package_environment
 
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tiny-rwkv6.pth"
+    path = folder / f"tiny-{args.arch}.pth"
     from bench.table7 import build_model
     from src.checkpoint.io import save_official
 
-    model = build_model({"n_layer": 1, "n_embd": 128, "vocab_size": 256}, False, "torch", torch.device("cpu"),
-                        torch.float32, 0)
+    model = build_model({"arch": args.arch, "n_layer": 1, "n_embd": 128, "vocab_size": 256}, False, "torch",
+                        torch.device("cpu"), torch.float32, 0)
     save_official(model, path, dtype=torch.bfloat16)
     started = time.perf_counter()
-    set_rwkv_package_environment(args.device)
+    set_rwkv_package_environment(args.device, args.arch)
     print(f"RWKV_JIT_ON={os.environ.get('RWKV_JIT_ON')} RWKV_CUDA_ON={os.environ.get('RWKV_CUDA_ON')}", flush=True)
-    from rwkv.model import RWKV
+    from demo.chat import RwkvPackageEngine
 
     strategy = "cuda bf16" if args.device == "cuda" else "cpu fp32"
-    rwkv_model = RWKV(model=str(path), strategy=strategy, verbose=False)
-    logits, _ = rwkv_model.forward([1, 2, 3, 4], None)
+    logits, _ = RwkvPackageEngine(path, strategy, args.arch).forward([1, 2, 3, 4], None)
     finite = bool(torch.isfinite(logits.float()).all())
     print(f"rwkv package on {args.device}: built/loaded in {time.perf_counter() - started:.1f} s; "
           f"logits finite: {finite}")
@@ -342,14 +349,17 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp32", "fp16"))
     p.add_argument("--device", default="auto", help="auto (cuda when present) | cuda | cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="x060", choices=("x060", "x070"))
     p.set_defaults(fn=cmd_checkpoint)
     p = sub.add_parser("build-wkv")
     p.add_argument("dtype", choices=("bf16", "fp32"))
+    p.add_argument("--arch", default="x060", choices=("x060", "x070"))
     p.set_defaults(fn=cmd_build_wkv)
     sub.add_parser("build-fused-adam").set_defaults(fn=cmd_build_fused_adam)
     p = sub.add_parser("build-rwkv")
     p.add_argument("dir", help="folder for the tiny checkpoint")
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"), help="cpu: only a check of this step")
+    p.add_argument("--arch", default="x060", choices=("x060", "x070"))
     p.set_defaults(fn=cmd_build_rwkv)
     p = sub.add_parser("figure")
     p.add_argument("kind", choices=("train", "wkv", "wkv-fla", "table7"))

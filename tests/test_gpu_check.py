@@ -191,6 +191,37 @@ def check_table7(script, env_vars, extra_args, where):
     assert env_vars.get("DEVICE") == "cuda"
 
 
+def test_x070_plan_names_the_rwkv7_parts_and_their_commands_exist(tmp_path):
+    """GPU_CHECK_ARCH=x070: the same parts at the RWKV-7 1.5B / 2.9B shapes, our WKV7 kernel, bench/wkv7.py, the
+    x070 Table 7 shapes; the x070-only commands accept what the plan passes them."""
+    wheels = fake_wheels(tmp_path / "wheels")
+    text, _ = run_plan(tmp_path, GPU_CHECK_WHEELS=str(wheels), GPU_CHECK_ARCH="x070")
+    names = {"ckpt-1.6b": "ckpt-1.5b", "ckpt-3b": "ckpt-2.9b", "train-1.6b": "train-1.5b", "train-3b": "train-2.9b",
+             "table7-1.6b": "table7-1.5b", "table7-3b": "table7-2.9b"}
+    for part in PARTS:
+        assert f"[{names.get(part, part)}]" in text, f"part {names.get(part, part)} missing from the x070 plan"
+    assert "x070 L24 D2048 vocab 65536: ~1.52B parameters" in text  # the released 1.5B has 1527.7M
+    assert "x070 L32 D2560 vocab 65536: ~2.93B parameters" in text  # the released 2.9B has 2948.1M
+    assert "gpu-check-x070-" in text and "SHAPES=x070-1.5b" in text and "SHAPES=x070-2.9b" in text
+    commands = [argv for argv in plan_commands(text) if argv[0] == "python3"]
+    wanted = {("scripts/gpu_check_helper.py", "checkpoint"), ("scripts/gpu_check_helper.py", "build-wkv"),
+              ("scripts/gpu_check_helper.py", "build-rwkv"), ("bench/wkv7.py",)}
+    seen = set()
+    for argv in commands:
+        key = tuple(argv[1:3]) if argv[1] == "scripts/gpu_check_helper.py" else tuple(argv[1:2])
+        if key not in wanted:
+            continue
+        seen.add(key)
+        rest = argv[3:] if len(key) == 2 else argv[2:]
+        known, _ = help_flags(list(key))
+        assert not [f for f in flags_of(rest) if f not in known], f"{shlex.join(argv)}: unknown flags"
+        if "--arch" in rest:
+            assert rest[rest.index("--arch") + 1] == "x070"
+    assert seen == wanted, f"missing from the x070 plan: {wanted - seen}"
+    _, table7_help = help_flags(["bench/table7.py"])
+    assert "'x070-1.5b'" in table7_help and "'x070-2.9b'" in table7_help and "'floor'" in table7_help
+
+
 def test_small_mode_plan_runs_on_cpu_sizes(tmp_path):
     text, _ = run_plan(tmp_path, GPU_CHECK_SMALL="1", GPU_CHECK_WHEELS=str(tmp_path / "none"))
     assert "SMALL" in text and "--accelerator cpu" in text and "DEVICE=cpu" in text
