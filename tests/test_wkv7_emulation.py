@@ -19,7 +19,8 @@ Tolerances:
 Cases: head size 16 through the torch extension (fp32 and bf16 builds), T in {1, 2, 15, 16, 17, 33} (around the
 backward's 16-token checkpoint interval), B != H; head size 64 (fp32 and bf16), T in {17, 33}, through the
 torch-free driver (tests/emulation/src/wkv7_race_driver.cpp, file mode), which needs no torch-extension build.
-Also: identical results for every block order; the shared-memory race check (instrumented build) is clean; and
+Also: identical results for every block order; the shared-memory race check (instrumented build) is clean, and
+reports a race when any one __syncthreads() is removed (a copy per barrier, head size 16: about 10 s each); and
 `src.ops.wkv7(..., op="cuda")` end to end through autograd on the emulated build (the real Wkv7CudaFunction).
 
 CI cost: two torch-extension builds (fp32-N16, bf16-N16; about 50 s of compiler time each, almost all of it
@@ -29,6 +30,7 @@ nothing. WKV7_EMULATION_FULL_MATRIX=1 adds the head-size-64 torch-extension buil
 and the extension give identical bits).
 """
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -330,6 +332,74 @@ def test_race_check_passes_on_the_kernel(all_builds, build):
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no shared-memory race" in result.stdout
+
+
+# A copy of the kernel per __syncthreads() with that one barrier removed, each built as a race-check program at
+# head size 16 (fp32), beside the unchanged kernel at the same size: the check is clean on the kernel and reports
+# a race on every copy, so each barrier is needed and the check can see its absence.
+SOURCE = KERNEL_SOURCE.read_text()
+SYNC_SITES = [m.start() for m in re.finditer(r"__syncthreads\(\)\s*;", emu.strip_comments(SOURCE))]
+PLANTED_ARGS = [2, 19, 3, 0]  # B T H seed: B != H, a full and a partial checkpoint chunk
+
+
+def line_of(offset):
+    return SOURCE.count("\n", 0, offset) + 1
+
+
+@pytest.fixture(scope="module")
+def planted_race_checks(tmp_path_factory):
+    """{None: the unchanged kernel's program, site: the program without the barrier at site}, two builds at once."""
+    folder = tmp_path_factory.mktemp("planted7")
+    sources = {None: KERNEL_SOURCE}
+    for site in SYNC_SITES:
+        copy = folder / f"wkv7_cuda_without_barrier_line{line_of(site)}.cu"
+        copy.write_text(SOURCE[:site] + "/* barrier removed by the test */" + SOURCE[SOURCE.index(";", site) + 1:])
+        sources[site] = copy
+    defines = driver_defines(16, torch.float32)
+    programs, errors, pending, lock = {}, [], list(sources.items()), threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                site, source = pending.pop(0)
+            try:
+                name = f"wkv7_race_check_planted_{'none' if site is None else line_of(site)}"
+                program = emu.build_host_program([source, DRIVER_SOURCE], defines, race_check=True, name=name)
+                with lock:
+                    programs[site] = program
+            except BaseException as error:  # reported below
+                with lock:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return programs
+
+
+def test_the_kernel_has_barriers_to_plant():
+    assert len(SYNC_SITES) >= 4, "expected barriers in both the forward and the backward kernel"
+
+
+def test_race_check_passes_on_the_kernel_at_the_planted_size(planted_race_checks):
+    result = emu.run_program(planted_race_checks[None], PLANTED_ARGS, timeout_s=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no shared-memory race" in result.stdout
+
+
+@pytest.mark.parametrize("site", SYNC_SITES, ids=[f"line{line_of(s)}" for s in SYNC_SITES])
+def test_race_check_fails_with_a_barrier_removed(planted_race_checks, site):
+    result = emu.run_program(planted_race_checks[site], PLANTED_ARGS, timeout_s=300)
+    first = result.stdout.splitlines()[0] if result.stdout else ""
+    print(f"\nwithout the barrier on line {line_of(site)}: {first}")
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "shared-memory race on" in result.stdout and "RACES:" in result.stdout
 
 
 # ---------------------------------------------------------------- through src.ops.wkv7(op="cuda")
