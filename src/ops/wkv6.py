@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from src.ops.checks import check_sequences, check_state
 from src.ops.choice import WkvChoice, choose_wkv_op
 from src.ops.wkv6_cuda import kernel_limit_problem, load_wkv6_extension, wkv6_cuda
 from src.ops.wkv6_sequential import wkv6_sequential
@@ -33,43 +34,16 @@ WKV_OPS = ("torch", "cuda", "sequential")
 WKV_REQUESTS = ("auto", "torch", "cuda")  # what a user may ask for; "sequential" is the tests' reference
 
 
-def _check_inputs(r, k, v, w, u, state) -> None:
-    tensors = {"r": r, "k": k, "v": v, "w": w}
-    for name, x in tensors.items():
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"wkv6: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"wkv6: {name} must be a floating-point tensor, got dtype {x.dtype}")
-    if r.dim() != 4:
-        raise ValueError(f"wkv6: r must have shape [B, T, H, N], got {tuple(r.shape)}")
-    for name, x in tensors.items():
-        if x.shape != r.shape:
-            raise ValueError(
-                f"wkv6: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, k, v, w must all be "
-                f"[B, T, H, N]"
-            )
-        if x.dtype != r.dtype:
-            raise ValueError(f"wkv6: {name} is {x.dtype} but r is {r.dtype}; pass r, k, v, w in one dtype")
-        if x.device != r.device:
-            raise ValueError(f"wkv6: {name} is on {x.device} but r is on {r.device}; move them to one device")
-    B, T, H, N = r.shape
-    if T < 1:
-        raise ValueError(f"wkv6: the sequence is empty (T={T}); pass at least one token")
+def check_inputs(r, k, v, w, u, state) -> None:
+    """Shapes, dtypes and devices of a wkv6 call (src/ops/checks.py for the parts WKV7 shares)."""
+    B, T, H, N = check_sequences("wkv6", {"r": r, "k": k, "v": v, "w": w})
     if not isinstance(u, torch.Tensor) or not u.is_floating_point():
         raise ValueError("wkv6: u (time_faaaa) must be a floating-point tensor of shape [H, N]")
     if tuple(u.shape) != (H, N):
         raise ValueError(f"wkv6: u (time_faaaa) must have shape [H, N] = [{H}, {N}], got {tuple(u.shape)}")
     if u.device != r.device:
         raise ValueError(f"wkv6: u is on {u.device} but r is on {r.device}; move it to r's device")
-    if state is not None:
-        if tuple(state.shape) != (B, H, N, N):
-            raise ValueError(
-                f"wkv6: state must have shape [B, H, N, N] = [{B}, {H}, {N}, {N}], got {tuple(state.shape)}"
-            )
-        if not state.is_floating_point():
-            raise ValueError(f"wkv6: state must be a float32 tensor, got dtype {state.dtype}")
-        if state.device != r.device:
-            raise ValueError(f"wkv6: state is on {state.device} but r is on {r.device}; move it to r's device")
+    check_state("wkv6", state, r, "key i, value j")
 
 
 def wkv6(
@@ -94,7 +68,7 @@ def wkv6(
         y [B, T, H, N] in r's dtype and state_out [B, H, N, N] float32 (float64 when the inputs are float64).
         Differentiable with respect to r, k, v, w, u and state.
     """
-    _check_inputs(r, k, v, w, u, state)
+    check_inputs(r, k, v, w, u, state)
     if op == "torch":
         return wkv6_torch(r, k, v, w, u, state)
     if op == "sequential":

@@ -156,6 +156,25 @@ class ContiguousGrad(torch.autograd.Function):
         return grad.contiguous()
 
 
+def to_time_chunks(x: torch.Tensor, chunk_len: int, compute: torch.dtype) -> torch.Tensor:
+    """[B, T, H, N] -> [C, B, H, L, N] with L = min(chunk_len, T), C = ceil(T / L): in the compute dtype,
+    zero-padded at the end of time, chunk-major so that each chunk's slice is contiguous for the state scan."""
+    B, T, H, N = x.shape
+    L = min(chunk_len, T)
+    pad = (-T) % L
+    x = x.to(compute)
+    if pad:
+        x = F.pad(x, (0, 0, 0, 0, 0, pad))
+    return x.reshape(B, (T + pad) // L, L, H, N).permute(1, 0, 3, 2, 4).contiguous()
+
+
+def from_time_chunks(y: torch.Tensor, T: int) -> torch.Tensor:
+    """[C, B, H, L, N] -> [B, T, H, N], the padding dropped (the inverse of `to_time_chunks`); the gradient flowing
+    back is made contiguous for the chunked products."""
+    C, B, H, L, N = y.shape
+    return ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, C * L, H, N)[:, :T]
+
+
 def wkv6_torch(
     r: torch.Tensor,
     k: torch.Tensor,
@@ -176,20 +195,9 @@ def wkv6_torch(
         raise ValueError(f"chunk_len must be >= 1, got {chunk_len}")
     compute = compute_dtype_for(r.dtype)
     B, T, H, N = r.shape
-    L = min(chunk_len, T)
-    pad = (-T) % L
-    n_chunks = (T + pad) // L
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:
-        # [B, T, H, N] -> [C, B, H, L, N] (chunk-major, so each chunk's slice is contiguous for the scan), in the
-        # compute dtype, zero-padded in time.
-        x = x.to(compute)
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.reshape(B, n_chunks, L, H, N).permute(1, 0, 3, 2, 4).contiguous()
-
-    r_c, k_c, v_c = to_chunks(r), to_chunks(k), to_chunks(v)
-    log_decay = to_chunks(-torch.exp(w.to(compute)))  # padding = log-decay 0: the state passes unchanged
+    r_c, k_c, v_c = (to_time_chunks(x, chunk_len, compute) for x in (r, k, v))
+    log_decay = to_time_chunks(-torch.exp(w.to(compute)), chunk_len, compute)  # padding 0: the state passes
+    n_chunks, L = r_c.shape[0], r_c.shape[3]
     a_incl = torch.cumsum(log_decay, dim=3)
     a_excl = F.pad(a_incl[:, :, :, :-1], (0, 0, 1, 0))  # shifted copy, so a'_t - a_{t-1} is exactly 0
     a_last = a_incl[:, :, :, -1:]  # [C, B, H, 1, N]
@@ -209,6 +217,4 @@ def wkv6_torch(
     entering, S = _ChunkStateScan.apply(chunk_decay, chunk_kv, initial)
     y = y + (r_c * torch.exp(a_excl)) @ entering
 
-    # [C, B, H, L, N] -> [B, C, L, H, N] -> [B, T, H, N]
-    y = ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
-    return y.to(r.dtype), S
+    return from_time_chunks(y, T).to(r.dtype), S

@@ -22,48 +22,23 @@ Implementations (`op`), named as for WKV6:
 - "torch": chunked parallel PyTorch (src/ops/wkv7_torch.py), any device, any T, fp32/bf16/fp64 inputs.
 - "sequential": a plain loop over time (src/ops/wkv7_sequential.py), the reference for tests.
 - "cuda": our kernel (cuda/wkv7_cuda.cu, src/ops/wkv7_cuda.py): CUDA tensors, bf16 or fp32, raw w, fp32
-  state in and out, any T >= 1. `resolve_wkv7_op` does not select it yet (GPU runs pending).
+  state in and out, any T >= 1. `resolve_wkv7_op` selects it for "auto" where it can run.
 """
 from typing import Optional, Tuple
 
 import torch
 
+from src.ops.checks import check_sequences, check_state
 from src.ops.choice import WkvChoice, choose_wkv_op
 from src.ops.wkv7_cuda import kernel_limit_problem, load_wkv7_extension, wkv7_cuda
 from src.ops.wkv7_sequential import wkv7_sequential
 from src.ops.wkv7_torch import wkv7_torch
 
 WKV7_OPS = ("torch", "cuda", "sequential")
-def _check_inputs(r, w, k, v, a, b, state) -> None:
-    tensors = {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b}
-    for name, x in tensors.items():
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"wkv7: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise ValueError(f"wkv7: {name} must be a floating-point tensor, got dtype {x.dtype}")
-    if r.dim() != 4:
-        raise ValueError(f"wkv7: r must have shape [B, T, H, N], got {tuple(r.shape)}")
-    for name, x in tensors.items():
-        if x.shape != r.shape:
-            raise ValueError(f"wkv7: {name} has shape {tuple(x.shape)} but r has {tuple(r.shape)}; r, w, k, v, a, b "
-                             f"must all be [B, T, H, N]")
-        if x.dtype != r.dtype:
-            raise ValueError(f"wkv7: {name} is {x.dtype} but r is {r.dtype}; pass r, w, k, v, a, b in one dtype")
-        if x.device != r.device:
-            raise ValueError(f"wkv7: {name} is on {x.device} but r is on {r.device}; move them to one device")
-    B, T, H, N = r.shape
-    if T < 1:
-        raise ValueError(f"wkv7: the sequence is empty (T={T}); pass at least one token")
-    if state is not None:
-        if not isinstance(state, torch.Tensor):
-            raise TypeError(f"wkv7: state must be a torch.Tensor or None, got {type(state).__name__}")
-        if tuple(state.shape) != (B, H, N, N):
-            raise ValueError(f"wkv7: state must have shape [B, H, N, N] = [{B}, {H}, {N}, {N}] (indexed [batch, "
-                             f"head, value, key]), got {tuple(state.shape)}")
-        if not state.is_floating_point():
-            raise ValueError(f"wkv7: state must be a floating-point tensor (float32 preferred), got {state.dtype}")
-        if state.device != r.device:
-            raise ValueError(f"wkv7: state is on {state.device} but r is on {r.device}; move it to r's device")
+def check_inputs(r, w, k, v, a, b, state) -> None:
+    """Shapes, dtypes and devices of a wkv7 call (src/ops/checks.py)."""
+    check_sequences("wkv7", {"r": r, "w": w, "k": k, "v": v, "a": a, "b": b})
+    check_state("wkv7", state, r, "value, key")
 
 
 def wkv7(
@@ -88,7 +63,7 @@ def wkv7(
         y [B, T, H, N] in r's dtype and state_out [B, H, N, N] float32 (float64 when the inputs are float64).
         Differentiable with respect to r, w, k, v, a, b and state.
     """
-    _check_inputs(r, w, k, v, a, b, state)
+    check_inputs(r, w, k, v, a, b, state)
     if op == "torch":
         return wkv7_torch(r, w, k, v, a, b, state)
     if op == "sequential":

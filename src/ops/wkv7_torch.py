@@ -41,7 +41,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from src.ops.wkv6_torch import ContiguousGrad
+from src.ops.wkv6_torch import from_time_chunks, to_time_chunks
 from src.ops.wkv7_sequential import compute_dtype_for
 
 # Largest |log decay| per token allowed by the clamp: exp(-1/2).
@@ -116,20 +116,10 @@ def wkv7_torch(
     compute = compute_dtype_for(r.dtype)
     B, T, H, N = r.shape
     L = min(chunk_len, T)
-    pad = (-T) % L
-    n_chunks = (T + pad) // L
-
-    def to_chunks(x: torch.Tensor) -> torch.Tensor:
-        # [B, T, H, N] -> [C, B, H, L, N] in the compute dtype, zero-padded in time (chunk-major for the scan).
-        x = x.to(compute)
-        if pad:
-            x = F.pad(x, (0, 0, 0, 0, 0, pad))
-        return x.reshape(B, n_chunks, L, H, N).permute(1, 0, 3, 2, 4).contiguous()
-
-    r_c, k_c, v_c, a_c, b_c = (to_chunks(x) for x in (r, k, v, a, b))
+    r_c, k_c, v_c, a_c, b_c = (to_time_chunks(x, chunk_len, compute) for x in (r, k, v, a, b))
     # log d = -exp(-1/2) sigmoid(w), formed as -exp(logsigmoid(w) - 1/2) so that its gradient stays accurate
     # where the sigmoid saturates. Padding: 0, so the state passes unchanged.
-    log_decay = to_chunks(-torch.exp(F.logsigmoid(w.to(compute)) - 0.5))
+    log_decay = to_time_chunks(-torch.exp(F.logsigmoid(w.to(compute)) - 0.5), chunk_len, compute)
     c_incl = torch.cumsum(log_decay, dim=-2)
     c_excl = F.pad(c_incl[..., :-1, :], (0, 0, 1, 0))  # a shifted copy, so c-_t - c_{t-1} is exactly 0
     c_total = c_incl[..., -1:, :]  # [C, B, H, 1, N]
@@ -163,6 +153,4 @@ def wkv7_torch(
     entering, final = _ChunkStateScan.apply(M, X, initial)
     y = y_inner + r_eff @ entering.transpose(-1, -2)
 
-    # [C, B, H, L, N] -> [B, C, L, H, N] -> [B, T, H, N]
-    y = ContiguousGrad.apply(y).permute(1, 0, 3, 2, 4).reshape(B, n_chunks * L, H, N)[:, :T]
-    return y.to(r.dtype), final
+    return from_time_chunks(y, T).to(r.dtype), final
