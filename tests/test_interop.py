@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from src.checkpoint.io import load_rwkv, read_checkpoint
 from src.merge import main as merge_main
-from src.peft import BoneConfig, LoraConfig, MissConfig, apply_peft, load_adapter, read_adapter, save_adapter
+from src.peft import BoneConfig, LoraConfig, MissConfig, apply_peft, read_adapter, save_adapter
 from src.peft.adapter_io import adapter_state_dict
 from src.peft.merged import merged_state_dict
 from src.train.launch import main as train_main
