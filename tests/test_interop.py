@@ -427,3 +427,18 @@ def test_init_adapter_continues_and_wandb_logs(base, tmp_path):
     logged = [r["log"]["loss"] for r in records if "log" in r]
     assert logged == pytest.approx(run1, rel=1e-5) and [r["step"] for r in records if "log" in r] == \
         list(range(1, 25))
+
+
+def test_init_adapter_from_rwkv_peft_file_trains_its_tensors(base, tmp_path, capsys):
+    """--init_adapter with an RWKV-PEFT file: the trainable tensors are the file's (Bone-row plus the base tensors
+    it trained), whatever RWKV-PEFT's --train_parts spelling says."""
+    path, weights = base
+    dims = shapes(weights)
+    flat = {f"{m}.bone": torch.zeros(i // 32, 32, 32) for m, (o, i) in dims.items()}
+    flat["blocks.1.att.time_maa_x"] = torch.zeros(1, 1, 64)
+    torch.save(flat, tmp_path / "rwkv-0.pth")
+    status, out, err = run_main(["--load_model", path, "--peft", "bone", "--bone_config", '{"bone_r": 32}',
+                                 "--train_parts", "[]", "--init_adapter", tmp_path / "rwkv-0.pth", "--dry_run"],
+                                capsys)
+    assert status == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["trainable"] == sum(t.numel() for t in flat.values())

@@ -123,7 +123,8 @@ def hf_files(path: Path):
             raise ValueError(f"{path} is a directory but not an HF peft adapter: it needs {HF_CONFIG} and one of "
                              f"{', '.join(HF_WEIGHTS)}; {ACCEPTED}")
         return config, weights
-    return (config, path) if config.is_file() else None
+    is_weights = path.name in HF_WEIGHTS or is_safetensors_file(path)
+    return (config, path) if config.is_file() and is_weights else None
 
 
 def _hf_modules(path, tensors: dict, endings: tuple) -> dict:
@@ -156,6 +157,8 @@ def read_hf_peft(path: Path, config_path: Path, weights_path: Path) -> dict:
     if peft_type not in ("MISS", "BONE", "LORA"):
         raise ValueError(f"{config_path}: peft_type {settings.get('peft_type')!r} is not supported; HF peft adapters "
                          f"of type MISS, BONE and LORA are read here")
+    if isinstance(settings.get("r"), bool) or not isinstance(settings.get("r"), int) or settings["r"] < 1:
+        raise ValueError(f"{config_path}: r must be a positive integer, got {settings.get('r')!r}")
     if is_safetensors_file(weights_path):
         tensors = read_safetensors(weights_path)
     else:
