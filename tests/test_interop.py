@@ -320,8 +320,9 @@ def stride_zero_checkpoint(path, n_layer, n_embd, vocab=65536):
     return path
 
 
-def test_paper_bone_launcher_passes_dry_run(tmp_path, capsys):
+def test_paper_bone_launcher_passes_dry_run(tmp_path, capsys, monkeypatch):
     """Bone's rwkv-ft launcher (JL-er/Bone, run_qbone.sh without its --quant int8), verbatim but for our paths."""
+    monkeypatch.setitem(sys.modules, "wandb", None)  # absent: the dry run says how to install it
     model = stride_zero_checkpoint(tmp_path / "RWKV-x060-World-3B-v2.1-20240417-ctx4096.pth", 32, 2560)
     assert model.stat().st_size < 1_000_000
     command = (
