@@ -82,7 +82,7 @@ def assert_merged(merged, weights, expected_by_module, others=None):
             assert torch.equal(tensor, others[name].to(tensor.dtype)), name
         else:
             assert torch.equal(tensor.double(), weights[name]), name
-    assert worst < 2e-5, worst
+    assert worst < 1e-6, worst
     return worst
 
 

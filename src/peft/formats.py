@@ -21,6 +21,7 @@ reads them) and "peft" (an HF peft directory for the forms HF peft has: MiSS def
 init_weights "bat", LoRA). Forms the other tool lacks, or would read with another meaning, are refused with why.
 """
 
+import json
 import math
 from pathlib import Path
 
@@ -147,8 +148,6 @@ def _hf_modules(path, tensors: dict, endings: tuple) -> dict:
 
 def read_hf_peft(path: Path, config_path: Path, weights_path: Path) -> dict:
     """The payload of an HF peft MiSS / Bone / LoRA adapter."""
-    import json
-
     try:
         settings = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:

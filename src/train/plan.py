@@ -259,6 +259,13 @@ def data_files_of(cfg: TrainConfig) -> list:
     return [cfg.data_file]
 
 
+def adapter_files_of(path) -> list:
+    """The files an adapter path stands for: the file itself, or those in an HF peft adapter directory."""
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, name) for name in os.listdir(path))
+    return [path]
+
+
 def content_of(paths) -> Optional[dict]:
     """{file name: file_identity} of the files that exist (None when none does)."""
     found = {os.path.basename(p): file_identity(p) for p in paths if os.path.isfile(p)}
@@ -276,7 +283,7 @@ def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_con
         "load_model": os.path.abspath(cfg.load_model) if cfg.load_model else None,
         "load_model_content": content_of([cfg.load_model]) if cfg.load_model else None,
         "init_adapter": os.path.abspath(cfg.init_adapter) if cfg.init_adapter else None,
-        "init_adapter_content": content_of([cfg.init_adapter]) if cfg.init_adapter else None,
+        "init_adapter_content": content_of(adapter_files_of(cfg.init_adapter)) if cfg.init_adapter else None,
         "arch": arch_of(model_config),
         "n_layer": model_config.n_layer, "n_embd": model_config.n_embd, "vocab_size": model_config.vocab_size,
         "data_file": os.path.abspath(cfg.data_file), "data_content": content_of(data_files_of(cfg)),
