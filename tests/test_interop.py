@@ -345,6 +345,7 @@ def test_paper_bone_launcher_passes_dry_run(tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("flags, fragment", [
     (["--pre_ffn", "1"], "--pre_ffn 1: RWKV-4's first-layer FFN"),
     (["--head_qk", "256"], "--head_qk 256: RWKV-4's extra q/k head"),
+    (["--quant", "int8"], "--quant int8: training on a quantised base"),
     (["--wandb", "proj", "--strategy", "auto"], "the wandb package is not installed: pip install wandb"),
     (["--init_adapter", "ADAPTER", "--peft", "bone", "--bone_b", "16"], "b: file 32, flags 16 (--bone_b 32)"),
     (["--init_adapter", "ADAPTER", "--peft", "miss"], "holds a bone adapter (b=32"),

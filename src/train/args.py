@@ -186,6 +186,7 @@ class TrainConfig:
                                        "offline logs without network)")
     pre_ffn: int = _flag(0, "RWKV-PEFT's flag; only 0 exists in RWKV6/RWKV-7", type=int)
     head_qk: int = _flag(0, "RWKV-PEFT's flag; only 0 exists in RWKV6/RWKV-7", type=int)
+    quant: str = _flag("none", "RWKV-PEFT's base quantisation; only none is supported here")
 
     def __post_init__(self):
         self._coerce_types()
@@ -281,6 +282,10 @@ class TrainConfig:
             if getattr(self, name) != 0:
                 raise ValueError(f"--{name} {getattr(self, name)}: {what} is not part of RWKV6/RWKV-7 models (their "
                                  f"checkpoints have no such weights); only --{name} 0 is accepted (or drop it)")
+        if str(self.quant).lower() != "none":
+            raise ValueError(f"--quant {self.quant}: training on a quantised base (RWKV-PEFT's bitsandbytes "
+                             f"int8/nf4/fp4/fp8) is not supported here; drop --quant (the base trains in --precision, "
+                             f"bf16 on GPU)")
         if self.init_adapter and self.peft == "none":
             raise ValueError(f"--init_adapter {self.init_adapter} continues an adapter: pass --peft with the file's "
                              f"method (and its settings)")
