@@ -261,8 +261,9 @@ def export_rwkv_peft(payload: dict, path, key: str = "bone") -> Path:
                          f"); use --export peft where HF peft has the form, or merge it here (python -m src.merge)")
     per_module, base = _adapter_and_base_tensors(payload)
     local = "bone" if form == "Bone-row" else "miss"
-    flat = {f"{m}.{key}": t[local].detach().cpu().contiguous() for m, t in per_module.items()}
-    flat.update({k: v.detach().cpu().contiguous() for k, v in base.items()})
+    # clone: a tensor read from a memory-mapped file is a view of the whole file, which torch.save would write
+    flat = {f"{m}.{key}": t[local].detach().cpu().clone() for m, t in per_module.items()}
+    flat.update({k: v.detach().cpu().clone() for k, v in base.items()})
     return save_atomic(flat, path)
 
 
