@@ -34,6 +34,8 @@ def describe_method(cfg: TrainConfig, peft_config) -> str:
     if peft_config is None:
         return "full fine-tune (every weight trains)"
     settings = ", ".join(f"{k}={v}" for k, v in peft_config.to_dict().items() if k != "method")
+    if cfg.init_adapter:
+        return f"{peft_config.method} ({settings}) | starting from --init_adapter {cfg.init_adapter} (its trainables)"
     parts = cfg.train_parts.strip() or "none"
     return f"{peft_config.method} ({settings}) | train_parts {parts}"
 
