@@ -157,7 +157,8 @@ def build_parser():
     source = parser.add_argument_group("model (either --model, or --base with --adapter)")
     source.add_argument("--model", help="an RWKV6 .pth in the official layout (a release, or a merged model)")
     source.add_argument("--base", help="base RWKV6 .pth that --adapter was trained on (merged in memory)")
-    source.add_argument("--adapter", help="adapter file written by train.py")
+    source.add_argument("--adapter", help="adapter: train.py's adapter-*.pth, an RWKV-PEFT .pth or an HF peft "
+                                          "directory")
     serving = parser.add_argument_group("serving")
     serving.add_argument("--engine", choices=["auto", "rwkv", "native"], default="auto",
                          help="rwkv: the rwkv pip package; native: src.model; auto: native for byte vocabularies")
@@ -198,7 +199,7 @@ def resolve_source(args, parser):
         return weights, Path(args.model)
     if args.base and args.adapter:
         for flag, path in (("--base", args.base), ("--adapter", args.adapter)):
-            if not Path(path).is_file():
+            if not (Path(path).is_file() or (flag == "--adapter" and Path(path).is_dir())):
                 raise FileNotFoundError(f"{flag} {path}: no such file")
         check_finite_tensors(read_checkpoint(args.base), f"--base {args.base}")
         check_finite_tensors(read_adapter(args.adapter)["tensors"], f"--adapter {args.adapter}")

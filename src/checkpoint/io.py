@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from src.checkpoint.files import save_atomic
+from src.checkpoint.tensorfiles import is_safetensors_file, read_safetensors
 from src.model import RWKV6, RWKV7, RWKV6Config, RWKV7Config
 from src.ops import resolve_wkv_op
 from src.ops.wkv7 import resolve_wkv7_op
@@ -23,7 +24,8 @@ from src.ops.wkv7 import resolve_wkv7_op
 RWKV_HOWTO = (
     "RWKV6 checkpoints are named RWKV-x060-World-*.pth (e.g. from the Hugging Face repo BlinkDL/rwkv-6-world)"
 )
-ADAPTER_KEY_ENDINGS = (".bone", ".lora_A", ".lora_B", ".lora_a", ".lora_b", ".disha", ".miss_block")
+ADAPTER_KEY_ENDINGS = (".bone", ".lora_A", ".lora_B", ".lora_a", ".lora_b", ".disha", ".miss_block", ".bone_block",
+                       ".lora_A.weight", ".lora_B.weight")
 _VERSION_NAMES = {"x052": "RWKV-5 (x052, Eagle)", "v4": "RWKV-4"}
 SUPPORTED_VERSIONS = ("x060", "x070")  # RWKV6 and RWKV-7: loaded as RWKV6 / RWKV7
 # Keys only the pre-release x070 had (it also has x060-like time_maa_*): dispatched to RWKV7, which refuses it.
@@ -62,12 +64,17 @@ def _not_model_weights(path: Path, content) -> str:
 
 
 def read_checkpoint(path) -> dict:
-    """The tensors of an RWKV6 (x060) or RWKV-7 (x070) checkpoint, memory-mapped on the CPU; files that are not
-    one are refused with the reason (another RWKV generation, an adapter file, a training checkpoint, not a torch
-    file)."""
+    """The tensors of an RWKV6 (x060) or RWKV-7 (x070) checkpoint on the CPU: a torch .pth (memory-mapped) or a
+    .safetensors file (told apart by content); files that are not one are refused with the reason (another RWKV
+    generation, an adapter file, a training checkpoint, not a torch file)."""
     path = Path(path)
+    if path.is_dir() and (path / "adapter_config.json").is_file():
+        raise ValueError(f"{path} is an HF peft adapter directory, not a base model: pass it with --adapter and "
+                         f"the base .pth with --base/--load_model")
     if not path.is_file():
         raise FileNotFoundError(f"RWKV checkpoint not found: {path}. {RWKV_HOWTO}.")
+    if is_safetensors_file(path):
+        return checked_model_weights(path, read_safetensors(path))
     try:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -77,8 +84,13 @@ def read_checkpoint(path) -> dict:
     except Exception as error:
         raise ValueError(
             f"{path} is not a PyTorch checkpoint ({type(error).__name__}: {error}). "
-            f"Pass the .pth file of an RWKV6 model; {RWKV_HOWTO}."
+            f"Pass the .pth (or .safetensors) file of an RWKV6 model; {RWKV_HOWTO}."
         ) from None
+    return checked_model_weights(path, state_dict)
+
+
+def checked_model_weights(path: Path, state_dict) -> dict:
+    """state_dict when it is the flat weights of a supported generation; ValueError with the reason otherwise."""
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError(_not_model_weights(path, state_dict))
     version = detect_rwkv_version(state_dict)

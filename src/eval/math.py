@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_argument_group("model (either --model, or --base with --adapter)")
     source.add_argument("--model", help="merged (or plain) RWKV6 .pth")
     source.add_argument("--base", help="base RWKV6 .pth the adapter was trained on")
-    source.add_argument("--adapter", help="adapter file written by train.py; merged into --base in memory")
+    source.add_argument("--adapter", help="adapter (train.py's, an RWKV-PEFT .pth or an HF peft directory); merged "
+                                          "into --base in memory")
     parser.add_argument("--data", required=True, help="JSON Lines questions with reference solutions")
     parser.add_argument("--format", required=True, choices=FORMATS, help="answer extraction rules")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")

@@ -10,6 +10,7 @@ Layout (one concern per file; imports run down this list, never up):
     registry     method name -> (config class, adapter class): the one list of methods
     targets      which modules get adapters, which other parameters train
     fingerprint  which base model an adapter belongs to
+    formats      RWKV-PEFT and HF peft adapter files, read into and written from the adapter payload
     inject       adapters into a model and back out (apply_peft, inject_adapters, merge_peft)
     adapter_io   adapter files (save_adapter, load_adapter, ...)
     summary      parameter counts and the adapter table
@@ -21,6 +22,7 @@ from src.peft.base import AdapterConfig, AdapterLinear
 from src.peft.bone import BoneConfig, BoneLinear
 from src.peft.config import field_default, peft_config_from_flags
 from src.peft.fingerprint import base_fingerprint, fingerprint_weights
+from src.peft.formats import export_adapter
 from src.peft.inject import (
     PeftState,
     adapter_modules,
@@ -42,5 +44,5 @@ __all__ = [
     "parse_parts", "resolve_targets", "config_from_dict", "get_peft_state", "PeftState", "DEFAULT_TARGETS",
     "peft_summary", "format_peft_table", "AdapterConfig", "AdapterLinear", "BoneLinear", "LoraLinear",
     "PissaLinear", "METHODS", "make_adapter", "adapter_modules", "peft_config_from_flags", "field_default",
-    "MissConfig", "MissLinear",
+    "MissConfig", "MissLinear", "export_adapter",
 ]

@@ -9,6 +9,10 @@ An adapter file is a `torch.save`d dict written atomically (src.checkpoint.files
     base_fingerprint            of the targeted base weights before adapting (src.peft.fingerprint)
     tensors                     {full parameter/buffer name: tensor} = adapter_state_dict(model), on the CPU
     extra                       caller's metadata (plain Python values: numbers, strings, lists, dicts)
+    train_names                 exact parameter names trained besides train_parts (kept from an RWKV-PEFT file)
+
+`read_adapter` and `load_adapter` also take the files of RWKV-PEFT and HF peft (src.peft.formats), told apart by
+content; those carry no base fingerprint, so their tensors' shapes are what is checked against the base.
 
 Loading rebuilds the stored config on a fresh base with `inject_adapters` and hands each adapter its tensors
 (`AdapterLinear.load_tensors`), so no method needs code here.
@@ -21,9 +25,15 @@ import torch
 import torch.nn as nn
 
 from src.checkpoint.files import save_atomic
+from src.checkpoint.tensorfiles import is_safetensors_file
 from src.peft.fingerprint import fingerprint_weights
+from src.peft.formats import read_foreign
 from src.peft.inject import adapter_modules, get_peft_state, inject_adapters
 from src.peft.registry import config_from_dict
+
+# Settings that choose how an adapter computes or trains, not what its tensors mean: a run continuing from a file
+# (--init_adapter) may set them differently.
+COMPUTE_ONLY_FIELDS = ("impl", "checkpoint", "dropout", "svd_niter")
 
 FORMAT = "rwkv6-peft-adapter"
 FORMAT_VERSION = 1
@@ -70,25 +80,34 @@ def save_adapter(model: nn.Module, path, config=None, base_fingerprint: Optional
         "base_fingerprint": fingerprint,
         "tensors": {n: t.to("cpu", copy=True) for n, t in adapter_state_dict(model).items()},
         "extra": dict(extra or {}),
+        "train_names": list(state.train_names),
     }
     return save_atomic(payload, path)
 
 
 def read_adapter(path) -> dict:
-    """The checked contents of an adapter file (FileNotFoundError / ValueError with the reason otherwise)."""
+    """The checked contents of an adapter file of any accepted format (see the module docstring), as save_adapter
+    lays them out; FileNotFoundError / ValueError with the reason otherwise."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"adapter file not found: {path} (save_adapter writes one)")
+    if path.is_dir() or is_safetensors_file(path):
+        return read_foreign(path, None)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable adapter file ({type(error).__name__}: {error})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an adapter file written by save_adapter (format '{FORMAT}')")
+        return read_foreign(path, payload)
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path} has adapter format version {payload.get('format_version')}; this code reads "
                          f"version {FORMAT_VERSION}")
     return payload
+
+
+def meaning_of(config_dict: dict) -> dict:
+    """A config's settings that decide what its tensors mean (COMPUTE_ONLY_FIELDS left out)."""
+    return {k: v for k, v in config_dict.items() if k not in COMPUTE_ONLY_FIELDS}
 
 
 def check_base(payload: dict, base_shapes: dict, fingerprint: Optional[str], source: str = "adapter") -> None:
@@ -107,27 +126,41 @@ def check_base(payload: dict, base_shapes: dict, fingerprint: Optional[str], sou
                          f"stored, {fingerprint} for this base; load the base checkpoint it was trained on")
 
 
-def load_adapter(model: nn.Module, path, base_fingerprint: Optional[str] = None) -> dict:
+def load_adapter(model: nn.Module, path, base_fingerprint: Optional[str] = None, config=None) -> dict:
     """Re-apply a saved adapter's config to a fresh (unadapted, loaded) base model and load its tensors exactly.
 
     base_fingerprint: the base's fingerprint if already known (e.g. computed from its state dict); by default it is
-    computed from the model. Returns the file's metadata (everything but the tensors, `extra` included).
+    computed from the model. config: the config to build the adapters with instead of the file's (it must mean the
+    same: only COMPUTE_ONLY_FIELDS may differ). On a meta-device model only the structure is built and checked.
+    Returns the file's metadata (everything but the tensors, `extra` included).
     """
     payload = read_adapter(path)
     if getattr(model, "peft_state", None) is not None or adapter_modules(model):
         raise ValueError("load_adapter expects a fresh base model (it applies the stored config itself); this one "
                          "already has adapters")
-    config = config_from_dict(payload["config"])
+    stored_config = config_from_dict(payload["config"])
+    if config is not None and meaning_of(config.to_dict()) != meaning_of(stored_config.to_dict()):
+        raise ValueError(f"adapter {path} holds a {payload['method']} adapter with "
+                         f"{meaning_of(stored_config.to_dict())}, not {meaning_of(config.to_dict())}")
+    config = config or stored_config
     modules = dict(model.named_modules())
-    shapes = {n: list(modules[n].weight.shape) for n in payload["base_shapes"]
-              if isinstance(modules.get(n), nn.Linear)}
-    if base_fingerprint is None:
-        base_fingerprint = fingerprint_weights({n: modules[n].weight for n in shapes}) if shapes else None
-    check_base(payload, shapes, base_fingerprint, source=f"adapter {path}")
+    meta = any(p.is_meta for p in model.parameters())
+    missing = [n for n in payload["adapted"] if not isinstance(modules.get(n), nn.Linear)]
+    if missing:
+        linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+        raise ValueError(f"adapter {path} adapts {missing[:4]}{' ...' if len(missing) > 4 else ''}, which are not "
+                         f"nn.Linear modules of this model (its are e.g. {linears[:4]}): it was written for another "
+                         f"model")
+    if payload["base_fingerprint"] is not None and not meta:
+        shapes = {n: list(modules[n].weight.shape) for n in payload["base_shapes"]}
+        if base_fingerprint is None:
+            base_fingerprint = fingerprint_weights({n: modules[n].weight for n in shapes}) if shapes else None
+        check_base(payload, shapes, base_fingerprint, source=f"adapter {path}")
 
     adapted = inject_adapters(model, config, payload["targets"], payload["train_parts"], initialise=False,
-                              base_fingerprint=payload["base_fingerprint"])
-    if adapted != payload["adapted"]:
+                              base_fingerprint=payload["base_fingerprint"],
+                              train_names=payload.get("train_names", ()))
+    if sorted(adapted) != sorted(payload["adapted"]):
         raise ValueError(f"adapter {path}: its targets match other modules in this model ({adapted[:3]} ...) "
                          f"than when it was saved ({payload['adapted'][:3]} ...)")
     stored = payload["tensors"]
@@ -135,18 +168,21 @@ def load_adapter(model: nn.Module, path, base_fingerprint: Optional[str] = None)
     if set(own) != set(stored):
         raise ValueError(f"adapter {path} does not fit this model: missing {sorted(set(own) - set(stored))[:5]}, "
                          f"unexpected {sorted(set(stored) - set(own))[:5]}")
-    wrong = [f"{n}: file {tuple(stored[n].shape)} vs model {tuple(own[n].shape)}" for n in own
-             if stored[n].shape != own[n].shape]
+    base_dims = {n: (m.out_features, m.in_features) for n, m in adapter_modules(model)}
+    wrong = [f"{n}: file {tuple(stored[n].shape)} vs {tuple(own[n].shape)} for this base"
+             + (f" (out, in = {base_dims[n.rpartition('.')[0]]})" if n.rpartition('.')[0] in base_dims else "")
+             for n in own if stored[n].shape != own[n].shape]
     if wrong:
         raise ValueError(f"adapter {path} tensor shapes differ from this model's: {wrong[:5]}")
-    with torch.no_grad():
-        for name, module in adapter_modules(model):
-            module.load_tensors({local: stored[f"{name}.{local}"] for local in module.adapter_tensors()})
-        params = dict(model.named_parameters())
-        for name in get_peft_state(model).train_part_names:
-            params[name].copy_(stored[name])
+    if not meta:
+        with torch.no_grad():
+            for name, module in adapter_modules(model):
+                module.load_tensors({local: stored[f"{name}.{local}"] for local in module.adapter_tensors()})
+            params = dict(model.named_parameters())
+            for name in get_peft_state(model).train_part_names:
+                params[name].copy_(stored[name])
     return {k: v for k, v in payload.items() if k != "tensors"}
 
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "adapter_state_dict", "check_base", "load_adapter", "read_adapter",
-           "save_adapter"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "COMPUTE_ONLY_FIELDS", "adapter_state_dict", "check_base", "load_adapter",
+           "meaning_of", "read_adapter", "save_adapter"]

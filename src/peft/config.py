@@ -51,8 +51,8 @@ def normalise_json(method: str, data: dict) -> dict:
         if key in RWKV_PEFT_FILE_KEYS:
             if value:
                 raise ValueError(f"--{method}_config key {key!r} is not supported: to continue a run use --resume "
-                                 f"with the same --proj_dir; to start from a saved adapter merge it first "
-                                 f"(python -m src.merge) and pass the merged model as --load_model")
+                                 f"with the same --proj_dir; to start a new run from a saved adapter pass "
+                                 f"--init_adapter {value}")
             continue
         if key == "parts":
             raise ValueError(f"--{method}_config key 'parts' is spelled --peft_targets here (e.g. att,ffn)")

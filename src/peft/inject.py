@@ -29,9 +29,10 @@ class PeftState:
     train_parts: tuple  # the substrings that chose extra trainable parameters
     adapted: list  # full names of the adapted modules, in model order
     base_shapes: dict  # adapted name -> [out_features, in_features]
-    train_part_names: list  # full names of the parameters made trainable by train_parts
+    train_part_names: list  # full names of the parameters made trainable by train_parts and train_names
     base_fingerprint: Optional[str]  # of the targeted base weights before adapting; None on the meta device
     peft_init_seconds: float  # wall time of building the adapters (PiSSA's SVDs included)
+    train_names: tuple = ()  # exact parameter names trained besides train_parts (an RWKV-PEFT file's base tensors)
 
 
 def adapter_modules(model: nn.Module) -> list:
@@ -67,7 +68,7 @@ def apply_peft(model: nn.Module, config: AdapterConfig, targets=None, train_part
 
 
 def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train_parts=(), *,
-                    initialise: bool = True, base_fingerprint: Optional[str] = None) -> list:
+                    initialise: bool = True, base_fingerprint: Optional[str] = None, train_names=()) -> list:
     """The heart of apply_peft and load_adapter: adapt `model` in place and record it as `model.peft_state`.
 
     1. Check, before anything changes: config is a registered method's, the model has no adapters yet, targets
@@ -82,6 +83,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train
        the parameters chosen by train_parts.
 
     initialise=False (load_adapter): the adapter tensors are about to be loaded, so PiSSA skips its SVD.
+    train_names: exact parameter names to train as well (those an adapter file of another tool trained).
     Returns the full names of the adapted modules, in model order.
     """
     method_of(config)
@@ -118,6 +120,12 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train
     unmatched = [s for s in parts if not any(s in n for n in chosen)]
     if unmatched:
         raise ValueError(f"train parts {unmatched} match no parameter of this model (other than adapted weights)")
+    all_params = {n for n, p in model.named_parameters() if id(p) not in adapted_weights}
+    unknown = [n for n in train_names if n not in all_params]
+    if unknown:
+        raise ValueError(f"trained base tensors {unknown[:5]} are not parameters of this model (other than adapted "
+                         f"weights): the file was written for another model")
+    chosen += [n for n in train_names if n not in chosen]
 
     if base_fingerprint is None and not any(m.weight.is_meta for _, m in matched):
         base_fingerprint = fingerprint_weights({n: m.weight for n, m in matched})
@@ -141,7 +149,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig, targets=None, train
     model.peft_state = PeftState(
         config=config, targets=suffixes, train_parts=parts, adapted=[n for n, _ in matched],
         base_shapes={n: [m.out_features, m.in_features] for n, m in matched}, train_part_names=chosen,
-        base_fingerprint=base_fingerprint, peft_init_seconds=init_seconds,
+        base_fingerprint=base_fingerprint, peft_init_seconds=init_seconds, train_names=tuple(train_names),
     )
     return [n for n, _ in matched]
 

@@ -55,12 +55,13 @@ def name_matches(name: str, suffixes: Sequence[str]) -> bool:
 
 
 def parse_parts(text) -> tuple:
-    """'time,ln' -> ('time', 'ln'); '', 'none', None -> (); a list or tuple of names is passed through."""
+    """'time,ln' -> ('time', 'ln'); '', 'none', '[]' (RWKV-PEFT's spelling), None -> (); a list or tuple of names
+    is passed through."""
     if text is None:
         return ()
     items = text.split(",") if isinstance(text, str) else list(text)
     parts = tuple(p.strip() for p in items if p.strip())
-    if parts in ((), ("none",)):
+    if parts in ((), ("none",), ("[]",)):
         return ()
     for part in parts:
         if any(c in part for c in "[]'\" "):

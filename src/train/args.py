@@ -178,11 +178,20 @@ class TrainConfig:
     grad_cp: str = _flag("none", "gradient checkpointing: none|0, layer|1 (whole blocks), bone (Bone weights)")
     ds_bucket_mb: int = _flag(200, "DeepSpeed allgather/reduce bucket size in MB", type=int)
     num_threads: Optional[int] = _flag(None, "CPU threads for torch (default: torch's choice)", type=int)
+    # continuing from an adapter file, and RWKV-PEFT's launcher flags
+    init_adapter: Optional[str] = _flag(None, "start a new run (fresh optimizer, schedule from step 0) from this "
+                                              "adapter's tensors: train.py's adapter-*.pth, an RWKV-PEFT .pth or an "
+                                              "HF peft directory; --peft and its settings must match the file")
+    wandb: Optional[str] = _flag(None, "Weights & Biases project to log to (needs `pip install wandb`; WANDB_MODE="
+                                       "offline logs without network)")
+    pre_ffn: int = _flag(0, "RWKV-PEFT's flag; only 0 exists in RWKV6/RWKV-7", type=int)
+    head_qk: int = _flag(0, "RWKV-PEFT's flag; only 0 exists in RWKV6/RWKV-7", type=int)
+    quant: str = _flag("none", "RWKV-PEFT's base quantisation; only none is supported here")
 
     def __post_init__(self):
         self._coerce_types()
         for name in ("load_model", "data_file", "peft_targets", "bone_config", "lora_config", "pissa_config",
-                     "miss_config"):
+                     "miss_config", "init_adapter", "wandb"):
             if isinstance(getattr(self, name), str) and not getattr(self, name).strip():
                 setattr(self, name, None)  # an empty value (e.g. from a YAML template) means "not given"
         self._validate()
@@ -268,6 +277,18 @@ class TrainConfig:
             raise ValueError(f"--change_on_resume {','.join(unknown)}: only {', '.join(CHANGEABLE_ON_RESUME)} may "
                              f"change when a run resumes; to change anything else start a new run (another "
                              f"--proj_dir, or --fresh)")
+        for name, what in (("pre_ffn", "RWKV-4's first-layer FFN in place of attention"),
+                           ("head_qk", "RWKV-4's extra q/k head over the output")):
+            if getattr(self, name) != 0:
+                raise ValueError(f"--{name} {getattr(self, name)}: {what} is not part of RWKV6/RWKV-7 models (their "
+                                 f"checkpoints have no such weights); only --{name} 0 is accepted (or drop it)")
+        if str(self.quant).lower() != "none":
+            raise ValueError(f"--quant {self.quant}: training on a quantised base (RWKV-PEFT's bitsandbytes "
+                             f"int8/nf4/fp4/fp8) is not supported here; drop --quant (the base trains in --precision, "
+                             f"bf16 on GPU)")
+        if self.init_adapter and self.peft == "none":
+            raise ValueError(f"--init_adapter {self.init_adapter} continues an adapter: pass --peft with the file's "
+                             f"method (and its settings)")
         if self.grad_cp == "bone" and self.peft != "bone":
             raise ValueError(f"--grad_cp bone recomputes Bone's weights, but --peft is {self.peft!r}; use "
                              f"--grad_cp layer")

@@ -78,7 +78,8 @@ def train(plan: TrainingPlan, rank_zero: bool, extra_callbacks=()) -> int:
     tracker = ProgressTracker(
         cfg.proj_dir, tokens_per_step=cfg.ctx_len * cfg.micro_bsz * cfg.accumulate_grad_batches * cfg.world_size,
         accumulate=cfg.accumulate_grad_batches, resume_step=point.step if point else 0,
-        print_every=0 if tty else max(1, cfg.steps_per_epoch // 10),
+        print_every=0 if tty else max(1, cfg.steps_per_epoch // 10), wandb_project=cfg.wandb,
+        run_settings={k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str))},
     )
     adapter_extra = {"train_args": {k: v for k, v in cfg.to_dict().items() if isinstance(v, (int, float, str))}}
     saver = CheckpointAndSave(

@@ -4,6 +4,7 @@ and the loss curve.
     metrics.csv     one row per optimizer step: step, epoch, loss, lr, tokens, kt_s, peak_mem_gb, ...
     loss.png        loss curve (matplotlib, Agg), redrawn at every epoch end and at the end
     tb/             TensorBoard scalars, when the tensorboard package is installed
+    W&B             the same scalars to a Weights & Biases project with --wandb PROJECT (wandb must be installed)
 """
 import csv
 import io
@@ -30,7 +31,7 @@ class ProgressTracker(Callback):
     TensorBoard, the progress bar, and (when stdout is not a terminal) a log line every print_every steps."""
 
     def __init__(self, proj_dir, tokens_per_step: int, accumulate: int, resume_step: int = 0,
-                 print_every: int = 0, use_tensorboard: bool = True):
+                 print_every: int = 0, use_tensorboard: bool = True, wandb_project=None, run_settings=None):
         self.proj_dir = Path(proj_dir)
         self.tokens_per_step = tokens_per_step
         self.accumulate = accumulate
@@ -43,6 +44,9 @@ class ProgressTracker(Callback):
         self.step_started = None
         self.csv_handle = None
         self.tensorboard = None
+        self.wandb_project = wandb_project
+        self.run_settings = dict(run_settings or {})
+        self.wandb_run = None
 
     def on_train_start(self, trainer, pl_module):
         self.started = self.step_started = time.perf_counter()
@@ -68,6 +72,10 @@ class ProgressTracker(Callback):
                 self.tensorboard = None
             else:
                 self.tensorboard = SummaryWriter(str(self.proj_dir / "tb"), purge_step=self.resume_step + 1)
+        if self.wandb_project:
+            import wandb  # planning checked that it is installed
+
+            self.wandb_run = wandb.init(project=self.wandb_project, config=self.run_settings, dir=str(self.proj_dir))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (batch_idx + 1) % self.accumulate:
@@ -96,6 +104,8 @@ class ProgressTracker(Callback):
         if self.tensorboard is not None:
             for key in ("loss", "lr", "kt_s", "peak_mem_gb"):
                 self.tensorboard.add_scalar(key, row[key], step)
+        if self.wandb_run is not None:
+            self.wandb_run.log({key: row[key] for key in ("loss", "lr", "kt_s", "peak_mem_gb", "tokens")}, step=step)
         self.latest = {"loss": f"{loss:.4f}", "lr": f"{row['lr']:.3g}", "kt/s": f"{row['kt_s']:.2f}",
                        "mem": f"{row['peak_mem_gb']:.2f}G"}
         if self.print_every and step % self.print_every == 0:
@@ -121,6 +131,9 @@ class ProgressTracker(Callback):
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        if self.wandb_run is not None:
+            self.wandb_run.finish()
+            self.wandb_run = None
 
 
 class RWKVProgressBar(TQDMProgressBar):

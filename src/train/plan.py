@@ -4,6 +4,7 @@
 chooses the accelerator, the precision and the WKV op once, for the device the run will use. `build_model` then
 loads the weights with that op (never choosing again) and puts the adapter in. Nothing here imports Lightning.
 """
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,19 @@ from src.ops.wkv6_cuda import build_max_t_for, configure_wkv6_cuda, kernel_limit
 from src.ops.wkv7 import resolve_wkv7_op
 from src.ops.wkv7_cuda import configure_wkv7_cuda
 from src.ops.wkv7_cuda import kernel_limit_problem as wkv7_kernel_limit_problem
-from src.peft import AdapterConfig, apply_peft, parse_parts, peft_config_from_flags
+from src.peft import (
+    METHODS,
+    AdapterConfig,
+    adapter_modules,
+    apply_peft,
+    load_adapter,
+    parse_parts,
+    peft_config_from_flags,
+    read_adapter,
+    resolve_targets,
+)
+from src.peft.adapter_io import meaning_of
+from src.peft.targets import generation_of
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
 from src.train.plots import LOSS_PLOT, METRICS_FILE
 from src.train.resume import CHECKPOINT_DIR, REPLACED_PREFIX, ResumePoint, previous_run_files, read_resume_point
@@ -179,8 +192,49 @@ def check_base_model_choice(cfg: TrainConfig) -> None:
         raise TrainSetupError(f"--load_model file not found: {cfg.load_model}. {QUICKSTART_HINT}")
 
 
+def check_wandb(cfg: TrainConfig) -> None:
+    """--wandb needs the wandb package: refused before any loading when it is not importable."""
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        raise TrainSetupError(f"--wandb {cfg.wandb} logs to Weights & Biases, but the wandb package is not "
+                              f"installed: pip install wandb (or drop --wandb)")
+
+
+def check_init_adapter(model, cfg: TrainConfig, peft_config: AdapterConfig) -> None:
+    """--init_adapter's file must hold the adapter the flags ask for: the same method and meaning settings, and
+    the same targets / train parts when those flags are given (the file's are used otherwise)."""
+    path = cfg.init_adapter
+    payload = read_adapter(path)
+    stored, asked = meaning_of(payload["config"]), meaning_of(peft_config.to_dict())
+    settings = ", ".join(f"{k}={v}" for k, v in stored.items() if k != "method")
+    if payload["method"] != peft_config.method:
+        raise TrainSetupError(f"--init_adapter {path} holds a {payload['method']} adapter ({settings}), but --peft is "
+                              f"{peft_config.method}: pass --peft {payload['method']} with those settings")
+    flags = METHODS[peft_config.method].config.flag_names
+    differing = [f"{k}: file {stored[k]!r}, flags {asked.get(k)!r}" + (f" (--{flags[k]} {stored[k]})" if k in flags
+                                                                        else "")
+                 for k in stored if stored[k] != asked.get(k)]
+    if differing:
+        raise TrainSetupError(f"--init_adapter {path} holds a {payload['method']} adapter with other settings than "
+                              f"the flags ({'; '.join(differing)}): pass the file's settings")
+    generation = generation_of(n for n, _ in model.named_parameters())
+    if cfg.peft_targets is not None and list(resolve_targets(cfg.peft_targets, generation)) != payload["targets"]:
+        raise TrainSetupError(f"--peft_targets {cfg.peft_targets} differs from the targets of --init_adapter {path} "
+                              f"({payload['targets'][:6]}{' ...' if len(payload['targets']) > 6 else ''}): drop "
+                              f"--peft_targets (the file's targets are used)")
+    parts = parse_parts(cfg.train_parts)
+    if parts and list(parts) != list(payload["train_parts"]):
+        raise TrainSetupError(f"--train_parts {cfg.train_parts} differs from those of --init_adapter {path} "
+                              f"({','.join(payload['train_parts']) or 'none'}): drop --train_parts (the file's "
+                              f"trainable tensors are used)")
+
+
 def apply_adapters(model, cfg: TrainConfig, peft_config: Optional[AdapterConfig]) -> list:
-    """Put the adapter in (or, for --peft none, make every weight trainable); returns adapted module names."""
+    """Put the adapter in (or, for --peft none, make every weight trainable); returns adapted module names.
+    With --init_adapter the adapter is the file's (its tensors loaded, unless the model is on the meta device)."""
+    if cfg.init_adapter and peft_config is not None:
+        check_init_adapter(model, cfg, peft_config)
+        load_adapter(model, cfg.init_adapter, config=peft_config)
+        return [n for n, _ in adapter_modules(model)]
     if peft_config is None:
         if parse_parts(cfg.train_parts):
             raise TrainSetupError("--train_parts selects extra parameters next to an adapter; --peft none already "
@@ -205,6 +259,13 @@ def data_files_of(cfg: TrainConfig) -> list:
     return [cfg.data_file]
 
 
+def adapter_files_of(path) -> list:
+    """The files an adapter path stands for: the file itself, or those in an HF peft adapter directory."""
+    if os.path.isdir(path):
+        return sorted(os.path.join(path, name) for name in os.listdir(path))
+    return [path]
+
+
 def content_of(paths) -> Optional[dict]:
     """{file name: file_identity} of the files that exist (None when none does)."""
     found = {os.path.basename(p): file_identity(p) for p in paths if os.path.isfile(p)}
@@ -221,6 +282,8 @@ def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_con
         "peft_targets": cfg.peft_targets, "train_parts": cfg.train_parts.strip(),
         "load_model": os.path.abspath(cfg.load_model) if cfg.load_model else None,
         "load_model_content": content_of([cfg.load_model]) if cfg.load_model else None,
+        "init_adapter": os.path.abspath(cfg.init_adapter) if cfg.init_adapter else None,
+        "init_adapter_content": content_of(adapter_files_of(cfg.init_adapter)) if cfg.init_adapter else None,
         "arch": arch_of(model_config),
         "n_layer": model_config.n_layer, "n_embd": model_config.n_embd, "vocab_size": model_config.vocab_size,
         "data_file": os.path.abspath(cfg.data_file), "data_content": content_of(data_files_of(cfg)),
@@ -236,7 +299,8 @@ def run_key_of(cfg: TrainConfig, peft_config: Optional[AdapterConfig], model_con
     }
 
 
-CONTENT_KEYS = {"load_model_content": "--load_model", "data_content": "--data_file"}
+CONTENT_KEYS = {"load_model_content": "--load_model", "data_content": "--data_file",
+                "init_adapter_content": "--init_adapter"}
 
 
 def _describe_difference(key: str, stored, now) -> str:
@@ -282,7 +346,7 @@ def check_outputs(cfg: TrainConfig) -> None:
     """--proj_dir can be written, and no input (--load_model, the data files, --config) is among the files the
     run writes, rewrites or moves there (hard and symbolic links included)."""
     check_writable_folder("--proj_dir", cfg.proj_dir)
-    inputs = [("--load_model", cfg.load_model), ("--config", cfg.config)]
+    inputs = [("--load_model", cfg.load_model), ("--config", cfg.config), ("--init_adapter", cfg.init_adapter)]
     inputs += [("--data_file", path) for path in data_files_of(cfg)]
     proj = Path(cfg.proj_dir)
     refuse_overwriting_inputs(run_outputs(cfg), inputs,
@@ -372,6 +436,7 @@ def plan_training(cfg: TrainConfig, extensions_dir: Optional[str] = None) -> Tra
     """Every check that needs no weights: files, choices, shapes, the adapter (on the meta device), the WKV op,
     the outputs, the resume point, then the data."""
     check_base_model_choice(cfg)
+    check_wandb(cfg)
     peft_config = peft_config_from_flags(cfg)
     accelerator = resolve_accelerator(cfg)
     precision = resolve_precision(cfg, accelerator)

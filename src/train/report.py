@@ -1,4 +1,5 @@
 """What train.py prints: the dry run's table, the start summary and the end summary."""
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -33,6 +34,8 @@ def describe_method(cfg: TrainConfig, peft_config) -> str:
     if peft_config is None:
         return "full fine-tune (every weight trains)"
     settings = ", ".join(f"{k}={v}" for k, v in peft_config.to_dict().items() if k != "method")
+    if cfg.init_adapter:
+        return f"{peft_config.method} ({settings}) | starting from --init_adapter {cfg.init_adapter} (its trainables)"
     parts = cfg.train_parts.strip() or "none"
     return f"{peft_config.method} ({settings}) | train_parts {parts}"
 
@@ -53,6 +56,9 @@ def dry_run(cfg: TrainConfig) -> int:
     if adapted:
         print(format_peft_table(peft_summary(model)))
     print(f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)")
+    if cfg.wandb and importlib.util.find_spec("wandb") is None:
+        print(f"note      --wandb {cfg.wandb}: the wandb package is not installed, so a training run would stop "
+              f"here: pip install wandb (or drop --wandb)")
     summary = {"trainable": trainable, "total": total, "adapted_modules": len(adapted), "method": cfg.peft,
                "peft_config": peft_config.to_dict() if peft_config else None,
                "train_parts": cfg.train_parts.strip(), "arch": arch_of(config), "n_layer": config.n_layer,
