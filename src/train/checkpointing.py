@@ -24,7 +24,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from src.checkpoint.files import copy_atomic
+from src.checkpoint.files import copy_atomic, disk_full_error, is_disk_full
 from src.checkpoint.io import save_official
 from src.peft import save_adapter
 from src.train.resume import (
@@ -238,14 +238,22 @@ class CheckpointAndSave(Callback):
             folder.mkdir(parents=True)
         strategy.barrier("checkpoint-folder")
         deepspeed = hasattr(strategy, "deepspeed_engine")
-        if deepspeed:
-            strategy.deepspeed_engine.save_checkpoint(str(folder), tag="ds", client_state={}, save_latest=False,
-                                                      exclude_frozen_parameters=True)
-        elif trainer.is_global_zero:
-            state = {"trainable": {n: t.cpu().clone() for n, t in trainable_tensors(pl_module.model).items()},
-                     "optimizer": trainer.optimizers[0].state_dict()}
-            torch.save(state, folder / "trainer.pt")
-        torch.save(rng if rng is not None else rng_state(), folder / f"rng-rank{trainer.global_rank}.pt")
+        try:
+            if deepspeed:
+                strategy.deepspeed_engine.save_checkpoint(str(folder), tag="ds", client_state={}, save_latest=False,
+                                                          exclude_frozen_parameters=True)
+            elif trainer.is_global_zero:
+                state = {"trainable": {n: t.cpu().clone() for n, t in trainable_tensors(pl_module.model).items()},
+                         "optimizer": trainer.optimizers[0].state_dict()}
+                torch.save(state, folder / "trainer.pt")
+            torch.save(rng if rng is not None else rng_state(), folder / f"rng-rank{trainer.global_rank}.pt")
+        except Exception as error:
+            if not is_disk_full(error, folder):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)  # incomplete (no point.json): never resumed, only in the way
+            latest = (f"the latest complete checkpoint is still step-{self.last_saved_step:08d}"
+                      if self.last_saved_step is not None else "no checkpoint had been completed yet")
+            raise disk_full_error(f"checkpoint {name} ({latest})", folder.parent) from error
         strategy.barrier("checkpoint-written")
         if trainer.is_global_zero:
             point = ResumePoint(directory=name, step=step, epoch=epoch, batch=batch, world_size=trainer.world_size,

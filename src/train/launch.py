@@ -11,6 +11,9 @@ Exit statuses (every refusal or stop is one `train.py: error: ...` line on stder
          an input, a --proj_dir that cannot be written or holds another run, a checkpoint that cannot be resumed
     3    diverged: a loss became NaN or infinite; the run goes back to its last known-good checkpoint and the
          message says how to continue from it with other settings, or that only --fresh helps
+    4    the disk filled while saving (ENOSPC or a quota): the message names the file or checkpoint, the folder and
+         the space; what was saved before is intact (the partial write is removed), so after freeing space,
+         rerunning the same command continues from the latest checkpoint
     130  interrupted by Ctrl-C (128 + SIGINT 2): nothing more is saved; rerunning continues from the latest checkpoint
     143  interrupted by SIGTERM (128 + 15, what schedulers send before a kill): a one-process run saved a resumable
          checkpoint at its last optimizer step first (several processes keep their last periodic checkpoint);
@@ -33,6 +36,7 @@ import socket
 import sys
 from pathlib import Path
 
+from src.checkpoint.files import DiskFullError, disk_full_error, is_disk_full
 from src.train.args import CHANGEABLE_ON_RESUME, TrainConfig, parse_args
 from src.train.plan import TrainingPlan, TrainSetupError, plan_training, resolve_accelerator
 from src.train.report import dry_run
@@ -41,6 +45,7 @@ from src.train.resume import CHECKPOINT_DIR, LATEST_FILE, complete_checkpoints, 
 EXIT_CRASHED = 1  # what Python itself returns for an uncaught exception
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_DISK_FULL = 4
 EXIT_INTERRUPTED = {"SIGTERM": 143, "SIGINT": 130}
 
 
@@ -139,6 +144,11 @@ def run_plan(plan: TrainingPlan, extra_callbacks=()) -> int:
         return fail(str(interrupted), EXIT_INTERRUPTED[interrupted.signal_name])
     except (TrainSetupError, CheckpointLoadError) as error:
         return fail(str(error), EXIT_BAD_INPUT)
+    except Exception as error:
+        if not is_disk_full(error, cfg.proj_dir):
+            raise
+        full = error if isinstance(error, DiskFullError) else disk_full_error(f"({error})", cfg.proj_dir)
+        return fail(str(full), EXIT_DISK_FULL)
 
 
 def main(argv=None) -> int:
