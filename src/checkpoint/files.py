@@ -26,7 +26,10 @@ NEARLY_FULL_BYTES = 64 << 20  # a failed torch write with less than this free is
 
 
 class DiskFullError(OSError):
-    """A write ran out of space; the message names the file or folder, the space and what to do."""
+    """A write ran out of space (errno ENOSPC); the message names the file or folder, the space and what to do."""
+
+    def __str__(self):
+        return self.strerror  # the message alone, without OSError's "[Errno 28] " prefix
 
 
 def free_bytes(folder) -> Optional[int]:

@@ -15,9 +15,10 @@ Exit statuses (every refusal or stop is one `train.py: error: ...` line on stder
          the space; what was saved before is intact (the partial write is removed), so after freeing space,
          rerunning the same command continues from the latest checkpoint
     130  interrupted by Ctrl-C (128 + SIGINT 2): nothing more is saved; rerunning continues from the latest checkpoint
-    143  interrupted by SIGTERM (128 + 15, what schedulers send before a kill): a one-process run saved a resumable
-         checkpoint at its last optimizer step first (several processes keep their last periodic checkpoint);
-         rerunning the same command continues from it
+    143  interrupted by SIGTERM (128 + 15, what schedulers send before a kill): a resumable checkpoint was saved
+         first, at the last optimizer step (one process) or at the end of the optimizer step under way (several
+         processes: they stop together; the ranks Lightning's launcher started end first, with status 0, and the
+         main process reports); rerunning the same command continues from it
 
 Launching (every process runs the same command; --devices is processes per node):
     one GPU / CPU:            python train.py ...
@@ -58,6 +59,13 @@ def is_launch_rank_zero() -> bool:
     if "SLURM_PROCID" in os.environ:
         return int(os.environ["SLURM_PROCID"]) == 0
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def is_lightning_child_rank() -> bool:
+    """Whether Lightning's own launcher started this process as one of the other ranks (LOCAL_RANK > 0 with no
+    RANK or SLURM_PROCID: torchrun, deepspeed and SLURM set those)."""
+    return ("RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+            and int(os.environ.get("LOCAL_RANK", 0)) > 0)
 
 
 def free_port() -> int:
@@ -136,11 +144,16 @@ def run_plan(plan: TrainingPlan, extra_callbacks=()) -> int:
 
     cfg = plan.cfg
     rank_zero = is_launch_rank_zero()
+    lightning_child = is_lightning_child_rank()  # read now: DeepSpeed's init sets RANK in every process
     try:
         return train(plan, rank_zero=rank_zero, extra_callbacks=extra_callbacks)
     except NonFiniteLossError as error:
         return fail(f"{error}; {go_back_to_good_checkpoint(cfg.proj_dir, rank_zero)}", EXIT_NON_FINITE)
     except TrainingInterrupted as interrupted:
+        if lightning_child:
+            # Its parent, rank 0, waits for it and reports the interruption; a non-zero status here would make
+            # Lightning's process watcher kill rank 0 before it does.
+            return 0
         return fail(str(interrupted), EXIT_INTERRUPTED[interrupted.signal_name])
     except (TrainSetupError, CheckpointLoadError) as error:
         return fail(str(error), EXIT_BAD_INPUT)
