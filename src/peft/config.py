@@ -3,7 +3,9 @@
     config = peft_config_from_flags(cfg)     # cfg: a TrainConfig, or anything with the same flag attributes
 
 For --peft METHOD the config's fields come from the flags named by its `flag_names` (a flag left at None keeps the
-field's default), then from --METHOD_config JSON (RWKV-PEFT's key spellings mapped by `json_aliases`), which wins.
+field's default), then from --METHOD_config JSON (RWKV-PEFT's key spellings mapped by `json_aliases`). A setting
+given both ways with different values, or a flag of another method, is refused by `check_given_settings` (train.py's
+parse_args calls it: only it knows which flags were given).
 Every value is checked by the config itself (`__post_init__`), and nowhere else. This module reads flags as plain
 attributes and imports nothing of src.train.
 """
@@ -62,7 +64,7 @@ def normalise_json(method: str, data: dict) -> dict:
 
 def peft_config_from_flags(flags) -> Optional[AdapterConfig]:
     """The config of --peft (None for 'none', else a METHODS key: TrainConfig checks the choice); --METHOD_config
-    JSON overrides the method's flags.
+    JSON sets what the method's flags leave at their defaults.
 
     Every --METHOD_config given is parsed, so bad JSON is reported even for a method the run does not use."""
     given = {method: parse_json_flag(f"{method}_config", getattr(flags, f"{method}_config", None))
