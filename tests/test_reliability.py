@@ -319,3 +319,38 @@ def test_sigterm_with_two_processes_saves_a_checkpoint_exits_143_and_leaves_no_p
     assert errors == [f"train.py: error: interrupted by SIGTERM at optimizer step {point['step']}; the checkpoint "
                       f"of that step is saved: {folder}. Rerun the same command to continue from it"]
     assert "Traceback" not in output and not (proj / "adapter-final.pth").exists()
+
+
+WORKER_SCRIPT = """
+import os, signal, time, torch
+from src.data.dataset import ignore_sigterm_in_worker
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, index):
+        time.sleep(0.005)
+        return torch.tensor([index])
+
+signal.signal(signal.SIGTERM, lambda signum, frame: print("the training process noted SIGTERM", flush=True))
+for name, init in (("torch's", None), ("train.py's", ignore_sigterm_in_worker)):
+    batches = iter(torch.utils.data.DataLoader(Slow(), batch_size=2, num_workers=1, worker_init_fn=init))
+    first = next(batches)
+    os.killpg(os.getpgrp(), signal.SIGTERM)  # as a scheduler signals every process of the job
+    try:
+        print(name, "batches:", 1 + sum(1 for _ in batches), flush=True)
+    except RuntimeError as error:
+        print(name, "failed:", error, flush=True)
+    del batches
+"""
+
+
+def test_dataloader_workers_survive_a_sigterm_sent_to_the_whole_job():
+    """The workers (num_workers 1 on GPU) leave SIGTERM to the training process; with torch's default it kills
+    them, which the training process then sees as a crash."""
+    done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "torch's failed: DataLoader worker (pid(s)" in done.stdout  # what the test guards against
+    assert "train.py's batches: 20" in done.stdout and done.stdout.count("noted SIGTERM") == 2
