@@ -238,12 +238,47 @@ def build_engine(args, state_dict, pth_path, device, precision, workdir):
     return RwkvPackageEngine(pth_path, f"{device} {precision}", arch)
 
 
+UTF8_HINT = "send UTF-8 text (convert other encodings first, e.g. iconv -f latin1 -t utf-8)"
+
+
+def not_utf8(raw: bytes) -> str:
+    """What is wrong with bytes that are not UTF-8 (the first bad byte and where it is)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"byte 0x{raw[error.start]:02x} at position {error.start + 1} is not UTF-8"
+    return ""
+
+
 def read_prompts(args):
+    """--prompt values, or the non-empty lines of a piped stdin (None: interactive). Read as bytes, so text that
+    is not UTF-8 is refused (ValueError naming the line) before the model loads, whatever the locale."""
     if args.prompt:
         return args.prompt
-    if not sys.stdin.isatty():
-        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    return None
+    if sys.stdin.isatty():
+        return None
+    prompts = []
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        problem = not_utf8(raw)
+        if problem:
+            raise ValueError(f"stdin line {number}: {problem}; {UTF8_HINT}")
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if line.strip():
+            prompts.append(line)
+    return prompts
+
+
+def typed_line_problem(message: str) -> str:
+    """Why a line typed interactively cannot be sent: bytes that were not UTF-8 reach Python as lone surrogates
+    under the C locale (surrogateescape)."""
+    try:
+        message.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            return not_utf8(message.encode("utf-8", "surrogateescape")) or "it is not UTF-8 text"
+        except UnicodeEncodeError:
+            return "it is not UTF-8 text"
+    return ""
 
 
 def interactive(session):
@@ -254,6 +289,13 @@ def interactive(session):
         except (EOFError, KeyboardInterrupt):
             print()
             return
+        except UnicodeDecodeError as error:  # stdin decodes strictly (a UTF-8 locale) and got other bytes
+            problem = not_utf8(error.object) or str(error)
+        else:
+            problem = typed_line_problem(message)
+        if problem:
+            print(f"(not sent: {problem}; {UTF8_HINT}; type the message again)")
+            continue
         if not message.strip():
             continue
         if message.strip() == "/quit":
@@ -276,6 +318,7 @@ def main(argv=None):
     precision = args.precision or ("bf16" if device == "cuda" else "fp32")
     torch.manual_seed(args.seed)
     try:
+        prompts = read_prompts(args)
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p,
                                   presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
                                   penalty_decay=args.penalty_decay)
@@ -301,7 +344,6 @@ def main(argv=None):
         print(f"chat: {error}", file=sys.stderr)
         return 2
 
-    prompts = read_prompts(args)
     if prompts is None:
         interactive(session)
         return 0

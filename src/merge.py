@@ -14,14 +14,16 @@ so the `rwkv` pip package and every RWKV tool load it as they load the base.
 
 Refused before any work, with one `merge failed: ...` line and exit status 2: an --output that is --base or
 --adapter (also through a hard link or a symbolic link), an --output that is a directory or not writable, and
-base, adapter or merged tensors holding NaN or infinity (the tensor is named). A crash exits with status 1.
+base, adapter or merged tensors holding NaN or infinity (the tensor is named). A disk that fills while the output
+is written exits with status 4 (the message names the folder and the space; an existing --output is unchanged).
+A crash exits with status 1.
 """
 
 import argparse
 import sys
 import time
 
-from src.checkpoint.files import check_output_file, refuse_overwriting_inputs, save_atomic
+from src.checkpoint.files import DiskFullError, check_output_file, refuse_overwriting_inputs, save_atomic
 from src.checkpoint.io import check_finite_tensors, read_checkpoint
 from src.model import DTYPES
 from src.peft import read_adapter
@@ -75,6 +77,9 @@ def main(argv=None):
     except (FileNotFoundError, ValueError) as error:
         print(f"merge failed: {error}", file=sys.stderr)
         return 2
+    except DiskFullError as error:  # nothing was replaced: an existing --output is unchanged
+        print(f"merge failed: {error}", file=sys.stderr)
+        return 4
     n_params = sum(t.numel() for t in merged.values())
     print(f"merged {args.adapter} into {args.base}: {len(merged)} tensors, {n_params:,} parameters, "
           f"written to {args.output} in {time.time() - start:.1f}s")

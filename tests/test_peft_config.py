@@ -152,7 +152,7 @@ def test_flag_defaults_are_the_config_defaults():
 def test_flags_and_json_build_the_config():
     cfg = parse_args(["--peft", "bone", "--bone_b", "32", "--bone_grouping", "col", "--grad_cp", "bone"])
     assert peft_config_from_flags(cfg) == BoneConfig(b=32, grouping="col", checkpoint=True)
-    cfg = parse_args(["--peft", "bone", "--bone_b", "32", "--bone_config", '{"bone_r": 16, "bone_load": ""}'])
+    cfg = parse_args(["--peft", "bone", "--bone_config", '{"bone_r": 16, "bone_load": ""}'])
     assert peft_config_from_flags(cfg).b == 16
     cfg = parse_args(["--peft", "lora", "--lora_r", "8", "--lora_config", '{"lora_alpha": 4, "lora_dropout": 0.1}'])
     assert peft_config_from_flags(cfg) == LoraConfig(r=8, alpha=4.0, dropout=0.1)

@@ -227,9 +227,10 @@ def test_flag_defaults_are_the_config_defaults_and_flags_build_the_config():
      MissConfig(r=16, form="mini", mini_r=4, dropout=0.1)),
 ])
 def test_miss_config_json_takes_hf_peft_keys(text, expected):
-    # the JSON wins over the flags, as for --bone_config
-    config = peft_config_from_flags(parse_args(["--peft", "miss", "--miss_r", "128", "--miss_config", text]))
+    config = peft_config_from_flags(parse_args(["--peft", "miss", "--miss_config", text]))
     assert config == expected
+    with pytest.raises(ValueError, match="MissConfig.r is given 2 times with different values"):
+        parse_args(["--peft", "miss", "--miss_r", "128", "--miss_config", text])  # not one winning silently
     assert MissConfig.from_dict(config.to_dict()) == config
 
 

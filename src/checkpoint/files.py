@@ -1,19 +1,74 @@
 """Writing files so that a reader never sees half of one: a temporary file beside the target, then a rename.
 
-A crash at any moment leaves either the previous file or the new one, never a truncated file.
+A crash at any moment leaves either the previous file or the new one, never a truncated file. A write that finds
+the disk full (ENOSPC, or a quota: EDQUOT) removes its temporary file and raises `DiskFullError`, which names the
+file, the folder and the space: the previous file is untouched.
 
 Every entry point (train.py, python -m src.merge, python -m src.eval.math) also checks its outputs against its
 inputs before any work (`refuse_overwriting_inputs`, `check_output_file`), and train.py's resume identifies its
 base and data files by content (`file_identity`).
 """
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# torch.save to a path writes through C++ (no errno reaches Python); these are its messages for a failed write.
+TORCH_WRITE_FAILURES = ("unexpected pos", "file write failed", "PytorchStreamWriter failed")
+NEARLY_FULL_BYTES = 64 << 20  # a failed torch write with less than this free is taken as a full disk
+
+
+class DiskFullError(OSError):
+    """A write ran out of space (errno ENOSPC); the message names the file or folder, the space and what to do."""
+
+    def __str__(self):
+        return self.strerror  # the message alone, without OSError's "[Errno 28] " prefix
+
+
+def free_bytes(folder) -> Optional[int]:
+    """Free space for this user on the filesystem of folder (None when it cannot be read)."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+def is_disk_full(error: BaseException, folder) -> bool:
+    """Whether `error` (or an exception it was raised from or during) is a full disk: an OSError with errno ENOSPC
+    or EDQUOT, or torch's C++ writer failing while folder's filesystem has almost no space left."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            return True
+        if isinstance(error, RuntimeError) and any(text in str(error) for text in TORCH_WRITE_FAILURES):
+            free = free_bytes(folder)
+            return free is not None and free < NEARLY_FULL_BYTES
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(what: str, folder, needed: Optional[int] = None) -> DiskFullError:
+    """The DiskFullError of writing `what` into folder (needed: bytes it had written when the space ran out)."""
+    free = free_bytes(folder)
+    space = ", ".join(part for part in (
+        f"at least {megabytes(needed)} needed" if needed else "",
+        f"{megabytes(free)} free now" if free is not None else "") if part)
+    return DiskFullError(errno.ENOSPC, f"no space left on the disk of {folder} while writing {what}"
+                                       f"{f' ({space})' if space else ''}; what was saved before is intact and the "
+                                       f"partial write was removed. Free some space there (or choose a folder on "
+                                       f"another disk) and run the same command again")
 
 
 def readable_by_all(path) -> None:
@@ -37,9 +92,15 @@ def atomic_binary_file(path, suffix: str = ".tmp"):
             os.fsync(handle.fileno())
         readable_by_all(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = isinstance(error, Exception) and not isinstance(error, DiskFullError) \
+            and is_disk_full(error, path.parent)  # before the partial file frees its space
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            what = f"{path.name} (the previous {path.name} is unchanged)" if path.exists() else path.name
+            raise disk_full_error(what, path.parent, needed=written) from error
         raise
 
 

@@ -25,6 +25,7 @@ targets[t] = the token after input_ids[t], and loss_mask[t] weighting the loss o
 """
 import json
 import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,13 @@ DATALOADS = ("get", "pad", "only")
 LOSS_MASKS = ("none", "pad", "qa")
 _QA_CHECK_TOKENS = 1 << 18  # how much of the stream the startup check for the assistant cue reads
 _RANGE_CHECK_CHUNK = 1 << 24
+
+
+def ignore_sigterm_in_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: ignore SIGTERM. Schedulers signal every process of a job; a worker killed by it
+    makes the training process fail with "DataLoader worker exited unexpectedly" instead of saving a checkpoint
+    and exiting 143. The worker still ends when the training process shuts its loader down."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _choice_error(what, value, choices):

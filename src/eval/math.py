@@ -17,7 +17,8 @@ correct, finish_reason, generated_tokens.
 Refused before the model loads, with one `evaluation failed: ...` line and exit status 2: an --out that is one of
 the inputs (--data, --model, --base, --adapter; hard and symbolic links included) or a directory, a
 --max_new_tokens below 1, data that is not UTF-8 JSON (file and line named), and weights holding NaN or infinity
-(the tensor named). A crash exits with status 1.
+(the tensor named). A disk that fills while --out is written exits with status 4 after printing the summary (an
+existing --out is unchanged). A crash exits with status 1.
 """
 import argparse
 import json
@@ -30,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from src.checkpoint.files import check_output_file, refuse_overwriting_inputs
+from src.checkpoint.files import DiskFullError, check_output_file, refuse_overwriting_inputs, write_text_atomic
 from src.checkpoint.io import check_finite_tensors, load_for_inference, read_checkpoint
 from src.data import EOD_ID, get_tokenizer, render_sft_prompt
 from src.eval.answers import FORMATS, answers_equal, extract_prediction, extract_reference
@@ -214,16 +215,8 @@ def format_summary(result: EvalResult, answer_format: str) -> str:
 
 
 def write_records(records, path) -> None:
-    """One JSON object a line, written to a temporary file and moved into place (never a half-written file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    temporary = f"{path}.tmp{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """One JSON object a line, written atomically (never a half-written file; DiskFullError on a full disk)."""
+    write_text_atomic("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), path)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,7 +291,12 @@ def main(argv=None) -> int:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 2
     if args.out:
-        write_records(result.records, args.out)
+        try:
+            write_records(result.records, args.out)
+        except DiskFullError as error:  # the summary is not lost with the file
+            print(format_summary(result, args.format), flush=True)
+            print(f"evaluation failed: {error}", file=sys.stderr)
+            return 4
         print(f"per-question results written to {args.out}", file=sys.stderr)
     print(format_summary(result, args.format), flush=True)
     return 0

@@ -3,7 +3,9 @@
     config = peft_config_from_flags(cfg)     # cfg: a TrainConfig, or anything with the same flag attributes
 
 For --peft METHOD the config's fields come from the flags named by its `flag_names` (a flag left at None keeps the
-field's default), then from --METHOD_config JSON (RWKV-PEFT's key spellings mapped by `json_aliases`), which wins.
+field's default), then from --METHOD_config JSON (RWKV-PEFT's key spellings mapped by `json_aliases`). A setting
+given both ways with different values, or a flag of another method, is refused by `check_given_settings` (train.py's
+parse_args calls it: only it knows which flags were given).
 Every value is checked by the config itself (`__post_init__`), and nowhere else. This module reads flags as plain
 attributes and imports nothing of src.train.
 """
@@ -62,7 +64,7 @@ def normalise_json(method: str, data: dict) -> dict:
 
 def peft_config_from_flags(flags) -> Optional[AdapterConfig]:
     """The config of --peft (None for 'none', else a METHODS key: TrainConfig checks the choice); --METHOD_config
-    JSON overrides the method's flags.
+    JSON sets what the method's flags leave at their defaults.
 
     Every --METHOD_config given is parsed, so bad JSON is reported even for a method the run does not use."""
     given = {method: parse_json_flag(f"{method}_config", getattr(flags, f"{method}_config", None))
@@ -73,3 +75,53 @@ def peft_config_from_flags(flags) -> Optional[AdapterConfig]:
     values = config_class.flag_values(flags)
     values.update(normalise_json(flags.peft, given[flags.peft]))
     return config_class.from_dict(values, source=f"--{flags.peft}_config")
+
+
+ADAPTER_FLAGS = ("peft_targets",)  # flags every adapter method reads, and a full fine-tune (--peft none) does not
+
+
+def flag_owners() -> dict:
+    """{train.py flag: the --peft methods that read it}: each method's `flag_names` and its --METHOD_config."""
+    owners = {flag: list(METHODS) for flag in ADAPTER_FLAGS}
+    for method, entry in METHODS.items():
+        for flag in list(entry.config.flag_names.values()) + [f"{method}_config"]:
+            owners.setdefault(flag, []).append(method)
+    return owners
+
+
+def check_given_settings(flags, command_line, given) -> None:
+    """Refuse (ValueError) settings that the run would silently drop:
+
+    - a flag of another method given on the command line (--bone_b with --peft lora, --lora_dropout with PiSSA,
+      which trains without dropout, any adapter flag with --peft none). A --config file may hold the settings of
+      several methods (one file for the Bone, LoRA and PiSSA runs of a comparison), so its keys are not checked;
+    - one setting spelled twice with different values, by a flag and a --METHOD_config key (--bone_b 32 with
+      --bone_config '{"r": 64}') or by two keys of that JSON ('{"b": 32, "bone_r": 64}'), from the command line
+      or the --config file (where the same flag name is in both, the command line wins, as for every flag).
+
+    command_line: the flag names given on the command line; given: those and the --config file's keys."""
+    jsons = {method: parse_json_flag(f"{method}_config", getattr(flags, f"{method}_config", None))
+             for method in METHODS if f"{method}_config" in given}
+    owners = flag_owners()
+    foreign = [flag for flag in sorted(command_line) if flag in owners and flags.peft not in owners[flag]]
+    if foreign:
+        listed = ", ".join(f"--{flag} (read by --peft {'/'.join(owners[flag])})" for flag in foreign)
+        run = ("--peft none, a full fine-tune without adapters" if flags.peft == "none"
+               else f"--peft {flags.peft}")
+        raise ValueError(f"{listed}: this run is {run}, which would ignore {'it' if len(foreign) == 1 else 'them'}; "
+                         f"drop {'it' if len(foreign) == 1 else 'them'}, or choose the --peft that reads "
+                         f"{'it' if len(foreign) == 1 else 'them'}")
+    if flags.peft == "none":
+        return
+    config_class = METHODS[flags.peft].config
+    spellings = {}  # field -> [(how it was given, value)]
+    for name, flag in config_class.flag_names.items():
+        if flag in given and getattr(flags, flag) is not None:
+            spellings.setdefault(name, []).append((f"--{flag} {getattr(flags, flag)}", getattr(flags, flag)))
+    for key, value in jsons.get(flags.peft, {}).items():
+        name = config_class.json_aliases.get(key, key)
+        spellings.setdefault(name, []).append((f"--{flags.peft}_config key {key!r}: {json.dumps(value)}", value))
+    for name, spelled in spellings.items():
+        if any(value != spelled[0][1] for _, value in spelled[1:]):
+            raise ValueError(f"{config_class.__name__}.{name} is given {len(spelled)} times with different values "
+                             f"({'; '.join(text for text, _ in spelled)}); keep one of them")

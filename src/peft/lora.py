@@ -22,6 +22,17 @@ def _is_positive_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
+def rank_problem(config, name: str, out_features: int, in_features: int) -> Optional[str]:
+    """Why rank r cannot adapt an (out, in) layer, or None: B·A has rank at most min(out, in), so a larger r only
+    adds parameters that cannot change ΔW (LoRA) or asks the SVD for more components than exist (PiSSA)."""
+    limit = min(out_features, in_features)
+    if config.r <= limit:
+        return None
+    return (f"{config.label('r')}={config.r} exceeds the rank limit of {name} (weight shape ({out_features}, "
+            f"{in_features})): r must be at most min(out_features, in_features) = {limit}; pass r <= {limit}, or "
+            f"leave {name} out of the targets")
+
+
 @dataclass
 class LoraConfig(AdapterConfig):
     r: int = 32
@@ -44,6 +55,9 @@ class LoraConfig(AdapterConfig):
     @property
     def scale(self) -> float:
         return self.alpha / self.r
+
+    def target_problem(self, name: str, out_features: int, in_features: int) -> Optional[str]:
+        return rank_problem(self, name, out_features, in_features)
 
 
 @dataclass
@@ -68,6 +82,9 @@ class PissaConfig(AdapterConfig):
     @property
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.r
+
+    def target_problem(self, name: str, out_features: int, in_features: int) -> Optional[str]:
+        return rank_problem(self, name, out_features, in_features)
 
 
 class LoraLinear(AdapterLinear):

@@ -24,6 +24,7 @@ from typing import Optional
 from src.data.dataset import DATA_TYPES, DATALOADS, LOSS_MASKS
 from src.ops import WKV_REQUESTS
 from src.peft import METHODS, BoneConfig, LoraConfig, MissConfig, PissaConfig, field_default
+from src.peft.config import check_given_settings
 
 DEEPSPEED_STRATEGIES = {
     "deepspeed_stage_1": dict(stage=1),
@@ -379,4 +380,6 @@ def parse_args(argv=None) -> TrainConfig:
     given = vars(build_parser().parse_args(argv))
     values = load_yaml_config(given["config"]) if given.get("config") else {}
     values.update(given)
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    check_given_settings(cfg, command_line=set(given), given=set(values))  # settings of another method, or twice
+    return cfg

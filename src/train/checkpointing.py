@@ -7,15 +7,18 @@ after every rank finished writing it (its point.json, with a manifest of its fil
 killed at any moment resumes from a complete checkpoint. Which checkpoints are kept, and when one counts as
 known good, is src/train/resume.py's business.
 
-SIGTERM (what schedulers send before killing a job): Lightning stops at the next micro-batch boundary; in a
-one-process run this callback then writes a checkpoint at the last optimizer step taken (the micro-batches of an
-unfinished gradient accumulation are trained again on resume); with several processes the run continues from its
-last periodic checkpoint. train() then reports the run as interrupted (TrainingInterrupted). Ctrl-C (SIGINT)
-is reported the same way, but saves nothing: it interrupts wherever the process is, so the run continues from
-its latest checkpoint.
+SIGTERM (what schedulers send before killing a job): in a one-process run Lightning stops at the next micro-batch
+boundary, and this callback then writes a checkpoint at the last optimizer step taken (the micro-batches of an
+unfinished gradient accumulation are trained again on resume). With several processes a signal handler that only
+takes note replaces Lightning's (which runs a collective inside the handler and can leave the ranks waiting on
+each other for good); at the end of every optimizer step the ranks agree (one all-reduce of a flag) whether any
+of them got SIGTERM, and if so all of them write the checkpoint of that step together and stop. train() then
+reports the run as interrupted (TrainingInterrupted). Ctrl-C (SIGINT) is reported the same way, but saves
+nothing: it interrupts wherever the process is, so the run continues from its latest checkpoint.
 """
 import contextlib
 import shutil
+import signal
 from pathlib import Path
 from typing import Optional
 
@@ -24,7 +27,7 @@ import torch
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from src.checkpoint.files import copy_atomic
+from src.checkpoint.files import copy_atomic, disk_full_error, is_disk_full
 from src.checkpoint.io import save_official
 from src.peft import save_adapter
 from src.train.resume import (
@@ -152,9 +155,22 @@ class CheckpointAndSave(Callback):
         self.finished = False  # the last epoch's files and checkpoint are written
         self.interruption = None  # what on_exception did on SIGTERM or Ctrl-C (a message), else None
         self.interrupted_by = None  # "SIGTERM" or "SIGINT"
+        self.sigterm_noted = False  # several processes: this rank got SIGTERM (see note_sigterm)
+        self.stop_agreed = False  # several processes: the ranks agreed to stop for a SIGTERM
 
     # -- hooks --
+    def note_sigterm(self, signum, frame):
+        """SIGTERM handler of a several-process run: a note read at the next optimizer step, nothing more."""
+        self.sigterm_noted = True
+
+    def sigterm_agreed(self, trainer) -> bool:
+        """Whether any rank got SIGTERM (a collective: every rank calls it at the same optimizer step)."""
+        flag = torch.tensor(1.0 if self.sigterm_noted else 0.0, device=trainer.strategy.root_device)
+        return float(trainer.strategy.reduce(flag, reduce_op="sum")) > 0
+
     def on_train_start(self, trainer, pl_module):
+        if trainer.world_size > 1:  # Lightning registered its handler just before this hook
+            signal.signal(signal.SIGTERM, self.note_sigterm)
         if self.resume is not None:
             restore_training_state(trainer, pl_module, self.resume, self.proj_dir)
             self.boundary = (self.resume.step, self.resume.epoch, self.resume.batch, rng_state())
@@ -179,6 +195,11 @@ class CheckpointAndSave(Callback):
         elif trainer.received_sigterm and trainer.world_size == 1 and done < self.epoch_steps:
             # Lightning stops after this batch: checkpoint now, at a step boundary, with the rng of this moment.
             self.save_checkpoint(trainer, pl_module, step, pl_module.absolute_epoch, done)
+        if trainer.world_size > 1 and not self.stop_agreed and self.sigterm_agreed(trainer):
+            self.stop_agreed = True
+            if done < self.epoch_steps:  # else on_train_epoch_end stops, after the epoch's files and checkpoint
+                self.save_checkpoint(trainer, pl_module, step, pl_module.absolute_epoch, done)
+                raise SIGTERMException()
 
     def on_exception(self, trainer, pl_module, exception):
         if isinstance(exception, SIGTERMException):
@@ -222,6 +243,8 @@ class CheckpointAndSave(Callback):
         self.save_checkpoint(trainer, pl_module, pl_module.optimizer_step_count, epoch + 1, 0)
         self.boundary = (pl_module.optimizer_step_count, epoch + 1, 0, rng_state())
         self.finished = last
+        if self.stop_agreed and not last:
+            raise SIGTERMException()
 
     # -- writers --
     def save_checkpoint(self, trainer, pl_module, step: int, epoch: int, batch: int, rng: Optional[dict] = None):
@@ -238,14 +261,22 @@ class CheckpointAndSave(Callback):
             folder.mkdir(parents=True)
         strategy.barrier("checkpoint-folder")
         deepspeed = hasattr(strategy, "deepspeed_engine")
-        if deepspeed:
-            strategy.deepspeed_engine.save_checkpoint(str(folder), tag="ds", client_state={}, save_latest=False,
-                                                      exclude_frozen_parameters=True)
-        elif trainer.is_global_zero:
-            state = {"trainable": {n: t.cpu().clone() for n, t in trainable_tensors(pl_module.model).items()},
-                     "optimizer": trainer.optimizers[0].state_dict()}
-            torch.save(state, folder / "trainer.pt")
-        torch.save(rng if rng is not None else rng_state(), folder / f"rng-rank{trainer.global_rank}.pt")
+        try:
+            if deepspeed:
+                strategy.deepspeed_engine.save_checkpoint(str(folder), tag="ds", client_state={}, save_latest=False,
+                                                          exclude_frozen_parameters=True)
+            elif trainer.is_global_zero:
+                state = {"trainable": {n: t.cpu().clone() for n, t in trainable_tensors(pl_module.model).items()},
+                         "optimizer": trainer.optimizers[0].state_dict()}
+                torch.save(state, folder / "trainer.pt")
+            torch.save(rng if rng is not None else rng_state(), folder / f"rng-rank{trainer.global_rank}.pt")
+        except Exception as error:
+            if not is_disk_full(error, folder):
+                raise
+            shutil.rmtree(folder, ignore_errors=True)  # incomplete (no point.json): never resumed, only in the way
+            latest = (f"the latest complete checkpoint is still step-{self.last_saved_step:08d}"
+                      if self.last_saved_step is not None else "no checkpoint had been completed yet")
+            raise disk_full_error(f"checkpoint {name} ({latest})", folder.parent) from error
         strategy.barrier("checkpoint-written")
         if trainer.is_global_zero:
             point = ResumePoint(directory=name, step=step, epoch=epoch, batch=batch, world_size=trainer.world_size,

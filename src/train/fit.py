@@ -1,5 +1,6 @@
 """The Lightning wiring of a planned run: module, callbacks, strategy and Trainer, then fit."""
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,20 @@ from src.train.schedule import LRSchedule
 from src.train.strategy import StrategySpec, build_strategy
 
 LIGHTNING_PRECISION = {"fp32": "32-true", "tf32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+CHILD_RANK_WAIT_S = 300
+
+
+def wait_for_child_ranks(trainer) -> None:
+    """The ranks Lightning's launcher started as child processes of this one end before it does (none is left
+    behind); one still running after CHILD_RANK_WAIT_S is killed."""
+    for process in getattr(trainer.strategy.launcher, "procs", None) or []:
+        try:
+            process.wait(timeout=CHILD_RANK_WAIT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def train(plan: TrainingPlan, rank_zero: bool, extra_callbacks=()) -> int:
@@ -107,6 +122,7 @@ def train(plan: TrainingPlan, rank_zero: bool, extra_callbacks=()) -> int:
     except SystemExit as stop:  # SIGTERMException, or Lightning's exit after Ctrl-C
         if saver.interrupted_by is None and not isinstance(stop, SIGTERMException):
             raise
+        wait_for_child_ranks(trainer)
         if not saver.finished:
             raise TrainingInterrupted(saver.interruption or "interrupted", saver.interrupted_by or "SIGTERM") from None
         if trainer.is_global_zero:

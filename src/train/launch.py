@@ -11,10 +11,14 @@ Exit statuses (every refusal or stop is one `train.py: error: ...` line on stder
          an input, a --proj_dir that cannot be written or holds another run, a checkpoint that cannot be resumed
     3    diverged: a loss became NaN or infinite; the run goes back to its last known-good checkpoint and the
          message says how to continue from it with other settings, or that only --fresh helps
+    4    the disk filled while saving (ENOSPC or a quota): the message names the file or checkpoint, the folder and
+         the space; what was saved before is intact (the partial write is removed), so after freeing space,
+         rerunning the same command continues from the latest checkpoint
     130  interrupted by Ctrl-C (128 + SIGINT 2): nothing more is saved; rerunning continues from the latest checkpoint
-    143  interrupted by SIGTERM (128 + 15, what schedulers send before a kill): a one-process run saved a resumable
-         checkpoint at its last optimizer step first (several processes keep their last periodic checkpoint);
-         rerunning the same command continues from it
+    143  interrupted by SIGTERM (128 + 15, what schedulers send before a kill): a resumable checkpoint was saved
+         first, at the last optimizer step (one process) or at the end of the optimizer step under way (several
+         processes: they stop together; the ranks Lightning's launcher started end first, with status 0, and the
+         main process reports); rerunning the same command continues from it
 
 Launching (every process runs the same command; --devices is processes per node):
     one GPU / CPU:            python train.py ...
@@ -33,6 +37,7 @@ import socket
 import sys
 from pathlib import Path
 
+from src.checkpoint.files import DiskFullError, disk_full_error, is_disk_full
 from src.train.args import CHANGEABLE_ON_RESUME, TrainConfig, parse_args
 from src.train.plan import TrainingPlan, TrainSetupError, plan_training, resolve_accelerator
 from src.train.report import dry_run
@@ -41,6 +46,7 @@ from src.train.resume import CHECKPOINT_DIR, LATEST_FILE, complete_checkpoints, 
 EXIT_CRASHED = 1  # what Python itself returns for an uncaught exception
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_DISK_FULL = 4
 EXIT_INTERRUPTED = {"SIGTERM": 143, "SIGINT": 130}
 
 
@@ -53,6 +59,13 @@ def is_launch_rank_zero() -> bool:
     if "SLURM_PROCID" in os.environ:
         return int(os.environ["SLURM_PROCID"]) == 0
     return int(os.environ.get("NODE_RANK", 0)) == 0 and int(os.environ.get("LOCAL_RANK", 0)) == 0
+
+
+def is_lightning_child_rank() -> bool:
+    """Whether Lightning's own launcher started this process as one of the other ranks (LOCAL_RANK > 0 with no
+    RANK or SLURM_PROCID: torchrun, deepspeed and SLURM set those)."""
+    return ("RANK" not in os.environ and "SLURM_PROCID" not in os.environ
+            and int(os.environ.get("LOCAL_RANK", 0)) > 0)
 
 
 def free_port() -> int:
@@ -131,14 +144,24 @@ def run_plan(plan: TrainingPlan, extra_callbacks=()) -> int:
 
     cfg = plan.cfg
     rank_zero = is_launch_rank_zero()
+    lightning_child = is_lightning_child_rank()  # read now: DeepSpeed's init sets RANK in every process
     try:
         return train(plan, rank_zero=rank_zero, extra_callbacks=extra_callbacks)
     except NonFiniteLossError as error:
         return fail(f"{error}; {go_back_to_good_checkpoint(cfg.proj_dir, rank_zero)}", EXIT_NON_FINITE)
     except TrainingInterrupted as interrupted:
+        if lightning_child:
+            # Its parent, rank 0, waits for it and reports the interruption; a non-zero status here would make
+            # Lightning's process watcher kill rank 0 before it does.
+            return 0
         return fail(str(interrupted), EXIT_INTERRUPTED[interrupted.signal_name])
     except (TrainSetupError, CheckpointLoadError) as error:
         return fail(str(error), EXIT_BAD_INPUT)
+    except Exception as error:
+        if not is_disk_full(error, cfg.proj_dir):
+            raise
+        full = error if isinstance(error, DiskFullError) else disk_full_error(f"({error})", cfg.proj_dir)
+        return fail(str(full), EXIT_DISK_FULL)
 
 
 def main(argv=None) -> int:

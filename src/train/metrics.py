@@ -7,6 +7,7 @@ and the loss curve.
     W&B             the same scalars to a Weights & Biases project with --wandb PROJECT (wandb must be installed)
 """
 import csv
+import errno
 import io
 import resource
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from pytorch_lightning.callbacks import Callback, TQDMProgressBar
 
-from src.checkpoint.files import write_text_atomic
+from src.checkpoint.files import disk_full_error, is_disk_full, write_text_atomic
 from src.train.plots import LOSS_PLOT, METRIC_COLUMNS, METRICS_FILE, plot_loss, read_metrics
 
 
@@ -64,7 +65,7 @@ class ProgressTracker(Callback):
         for row in kept:
             writer.writerow([row[c] for c in METRIC_COLUMNS])
         write_text_atomic(text.getvalue(), path)
-        self.csv_handle = open(path, "a", newline="", encoding="utf-8")
+        self.csv_handle = open(path, "ab", buffering=0)  # one write per row: a failed one is cut off whole
         if self.use_tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -98,9 +99,9 @@ class ProgressTracker(Callback):
             "elapsed_s": now - self.started,
         }
         self.last_loss = loss
-        csv.writer(self.csv_handle).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c]
-                                              for c in METRIC_COLUMNS])
-        self.csv_handle.flush()
+        line = io.StringIO(newline="")
+        csv.writer(line).writerow([f"{row[c]:.6g}" if isinstance(row[c], float) else row[c] for c in METRIC_COLUMNS])
+        self.append_row(line.getvalue().encode("utf-8"))
         if self.tensorboard is not None:
             for key in ("loss", "lr", "kt_s", "peak_mem_gb"):
                 self.tensorboard.add_scalar(key, row[key], step)
@@ -111,6 +112,19 @@ class ProgressTracker(Callback):
         if self.print_every and step % self.print_every == 0:
             print(f"step {step} epoch {row['epoch']} | loss {loss:.4f} | lr {row['lr']:.3g} | "
                   f"{row['kt_s']:.2f} kt/s | peak mem {row['peak_mem_gb']:.2f} GB", flush=True)
+
+    def append_row(self, data: bytes) -> None:
+        """Append one row to metrics.csv; on a full disk the partial row is cut off again (DiskFullError)."""
+        start = self.csv_handle.tell()
+        try:
+            written = self.csv_handle.write(data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, f"short write: {written} of {len(data)} bytes")
+        except OSError as error:
+            self.csv_handle.truncate(start)
+            if is_disk_full(error, self.proj_dir):
+                raise disk_full_error(f"a row of {METRICS_FILE}", self.proj_dir) from error
+            raise
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.is_global_zero:

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.data.dataset import ignore_sigterm_in_worker
 from src.train.schedule import LRSchedule
 
 L2WRAP_FACTOR = 1e-4
@@ -170,7 +171,8 @@ class RWKVTrainModule(pl.LightningModule):
         self.dataset.set_epoch(self.absolute_epoch, skip_samples=skip)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.micro_bsz, shuffle=False,
                                            num_workers=self.num_workers, drop_last=True,
-                                           pin_memory=self.num_workers > 0)
+                                           pin_memory=self.num_workers > 0,
+                                           worker_init_fn=ignore_sigterm_in_worker if self.num_workers else None)
 
     # ---- training -----------------------------------------------------------------------------------------------
     def on_train_batch_start(self, batch, batch_idx):

@@ -37,7 +37,7 @@ from src.peft import (
 from src.peft.adapter_io import meaning_of
 from src.peft.targets import generation_of
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
-from src.train.plots import LOSS_PLOT, METRICS_FILE
+from src.train.plots import LOSS_PLOT, METRICS_FILE, MetricsFileError, read_metrics
 from src.train.resume import CHECKPOINT_DIR, REPLACED_PREFIX, ResumePoint, previous_run_files, read_resume_point
 
 
@@ -462,6 +462,10 @@ def plan_training(cfg: TrainConfig, extensions_dir: Optional[str] = None) -> Tra
     run_key = run_key_of(cfg, peft_config, model_config, precision)
     if resume_point is not None:
         check_resume_point(resume_point, cfg, run_key)
+        try:  # the history the resumed run keeps; a damaged one is refused now, not after the model loads
+            read_metrics(Path(cfg.proj_dir) / METRICS_FILE, report=report_on_stderr)
+        except MetricsFileError as error:
+            raise TrainSetupError(str(error)) from None
     dataset = build_training_dataset(cfg, model_config.vocab_size)
     if dataset.unsupervised_docs:
         report_on_stderr(f"warning: {dataset.unsupervised_docs} of {dataset.trainable_docs.size} samples of "

@@ -11,17 +11,59 @@ METRIC_COLUMNS = ("step", "epoch", "batch", "loss", "lr", "tokens", "kt_s", "pea
 COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray")
 
 
-def read_metrics(path) -> list:
-    """Rows of a metrics.csv as dicts of floats (step/epoch/batch/tokens as ints); [] when there is no file."""
+INT_COLUMNS = ("step", "epoch", "batch", "tokens")
+
+
+class MetricsFileError(ValueError):
+    """A metrics.csv that cannot be read: the message names the file, the line and what to do."""
+
+
+def read_metrics(path, report=None) -> list:
+    """Rows of a metrics.csv as dicts of floats (step/epoch/batch/tokens as ints); [] when there is no file.
+
+    A last line without its newline is the trace of a kill during an append: it is dropped (`report` gets a
+    note), since the rows before it are whole. Anything else (bytes that are not UTF-8, another
+    header, a bad line before the last) is not something a run writes: MetricsFileError names the line and says to
+    move the file away, rather than guessing which rows are right."""
     path = Path(path)
     if not path.is_file():
         return []
+    fix = f"move it away (e.g. mv {path} {path}.damaged) and rerun: a new {path.name} is started"
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise MetricsFileError(f"{path} is damaged: line {line} holds bytes that are not UTF-8 text; {fix}") from None
+    lines = text.split("\n")  # whole rows end with a newline: the last item is "" or a line cut off
+    header, body, cut = lines[0].rstrip("\r"), lines[1:-1], lines[-1] if len(lines) > 1 else ""
+    expected = ",".join(METRIC_COLUMNS)
+    if header != expected:
+        if len(lines) == 1 and expected.startswith(header):  # only the header was being written
+            return []
+        raise MetricsFileError(f"{path} is damaged or not a metrics file: its first line is {header[:80]!r}, not the "
+                               f"header {expected}; {fix}")
     rows = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            rows.append({k: (int(float(v)) if k in ("step", "epoch", "batch", "tokens") else float(v))
-                         for k, v in row.items()})
+    for number, line in enumerate(body, start=2):
+        row = parse_metrics_row(line)
+        if row is None:
+            raise MetricsFileError(f"{path} is damaged: line {number} ({line[:80]!r}) is not a row of "
+                                   f"{len(METRIC_COLUMNS)} numbers; {fix}")
+        rows.append(row)
+    if cut and report is not None:  # even when it parses, its last number may be cut short
+        report(f"note: the last line of {path} was cut off (a kill during its append) and is dropped: {cut[:80]!r}")
     return rows
+
+
+def parse_metrics_row(line: str):
+    """One metrics.csv line as a dict, or None when it does not hold one number per column."""
+    values = next(csv.reader([line]), [])
+    if len(values) != len(METRIC_COLUMNS):
+        return None
+    try:
+        return {k: (int(float(v)) if k in INT_COLUMNS else float(v)) for k, v in zip(METRIC_COLUMNS, values)}
+    except (ValueError, OverflowError):
+        return None
 
 
 def running_mean(values: list, window: int) -> list:
