@@ -212,7 +212,7 @@ class RWKV6(nn.Module):
         new_state = []
         for i, block in enumerate(self.blocks):
             layer_state = state[i] if state is not None else None
-            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled() and not return_state:
+            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled():
                 x, layer_state = checkpoint(block, x, layer_state, use_reentrant=False)
             else:
                 x, layer_state = block(x, layer_state)

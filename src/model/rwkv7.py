@@ -276,7 +276,7 @@ class RWKV7(nn.Module):
         new_state = []
         for i, block in enumerate(self.blocks):
             layer_state = state[i] if state is not None else None
-            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled() and not return_state:
+            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled():
                 # v_first goes in and out as a real argument, so the recomputation sees the same tensor.
                 x, v_first, layer_state = checkpoint(block, x, v_first, layer_state, use_reentrant=False)
             else:

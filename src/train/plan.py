@@ -22,7 +22,7 @@ from src.ops.wkv6_cuda import build_max_t_for, configure_wkv6_cuda, kernel_limit
 from src.ops.wkv7 import resolve_wkv7_op
 from src.ops.wkv7_cuda import configure_wkv7_cuda
 from src.ops.wkv7_cuda import kernel_limit_problem as wkv7_kernel_limit_problem
-from src.peft import AdapterConfig, apply_peft, parse_parts, peft_config_from_flags
+from src.peft import AdapterConfig, StateConfig, apply_peft, apply_state_tuning, parse_parts, peft_config_from_flags
 from src.train.args import CHANGEABLE_ON_RESUME, QUICKSTART_HINT, TrainConfig
 from src.train.plots import LOSS_PLOT, METRICS_FILE
 from src.train.resume import CHECKPOINT_DIR, REPLACED_PREFIX, ResumePoint, previous_run_files, read_resume_point
@@ -63,17 +63,17 @@ def choose_wkv_op(cfg: TrainConfig, accelerator: str, precision: str, head_size:
     requested = cfg.wkv_op
     x070 = arch == "x070"
     if requested != "torch":
-        problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.ctx_len)
+        problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.forward_len)
         if problem is not None and requested == "cuda":
-            raise TrainSetupError(f"--wkv_op cuda cannot run this run (--ctx_len {cfg.ctx_len}, --precision "
-                                  f"{precision}, head size {head_size}): {problem}; use --wkv_op torch")
+            raise TrainSetupError(f"--wkv_op cuda cannot run this run (tokens per forward {cfg.forward_len}, "
+                                  f"--precision {precision}, head size {head_size}): {problem}; use --wkv_op torch")
         if problem is not None:
             requested = "torch"
         elif accelerator == "gpu" and x070:  # WKV7 builds share WKV6's cache folder; the largest T is its own
             configure_wkv6_cuda(cache_dir=extensions_dir)
-            configure_wkv7_cuda(max_t=build_max_t_for(cfg.ctx_len))
+            configure_wkv7_cuda(max_t=build_max_t_for(cfg.forward_len))
         elif accelerator == "gpu":
-            configure_wkv6_cuda(max_t=build_max_t_for(cfg.ctx_len), cache_dir=extensions_dir)
+            configure_wkv6_cuda(max_t=build_max_t_for(cfg.forward_len), cache_dir=extensions_dir)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     try:
         choice = (resolve_wkv7_op if x070 else resolve_wkv_op)(requested, device, head_size=head_size, dtype=dtype)
@@ -180,7 +180,11 @@ def check_base_model_choice(cfg: TrainConfig) -> None:
 
 
 def apply_adapters(model, cfg: TrainConfig, peft_config: Optional[AdapterConfig]) -> list:
-    """Put the adapter in (or, for --peft none, make every weight trainable); returns adapted module names."""
+    """Put the adapter in (or, for --peft none, make every weight trainable; for --peft state, add the trainable
+    initial states); returns adapted module names (none for state tuning)."""
+    if isinstance(peft_config, StateConfig):
+        apply_state_tuning(model)
+        return []
     if peft_config is None:
         if parse_parts(cfg.train_parts):
             raise TrainSetupError("--train_parts selects extra parameters next to an adapter; --peft none already "
@@ -272,7 +276,7 @@ def run_outputs(cfg: TrainConfig) -> list:
     proj = Path(cfg.proj_dir)
     label = "--proj_dir output"
     tags = [str(e) for e in range(cfg.epoch_begin, cfg.epoch_begin + cfg.epoch_count)] + ["final"]
-    outputs = [(label, proj / f"{kind}-{tag}.pth") for kind in ("adapter", "rwkv") for tag in tags]
+    outputs = [(label, proj / f"{kind}-{tag}.pth") for kind in ("adapter", "rwkv", "state") for tag in tags]
     outputs += [(label, proj / METRICS_FILE), (label, proj / LOSS_PLOT)]
     outputs += [(label, proj / name) for name in previous_run_files(proj)]
     return outputs
