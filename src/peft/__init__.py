@@ -42,6 +42,7 @@ from src.peft.state import (
     read_state_file,
     save_state,
     time_states,
+    to_model_state,
 )
 from src.peft.summary import format_peft_table, peft_summary
 from src.peft.targets import DEFAULT_TARGETS, parse_parts, resolve_targets
@@ -53,5 +54,5 @@ __all__ = [
     "peft_summary", "format_peft_table", "AdapterConfig", "AdapterLinear", "BoneLinear", "LoraLinear",
     "PissaLinear", "METHODS", "make_adapter", "adapter_modules", "peft_config_from_flags", "field_default",
     "MissConfig", "MissLinear", "StateConfig", "apply_state_tuning", "initial_state_for", "load_state_for",
-    "read_state_file", "save_state", "time_states",
+    "read_state_file", "save_state", "time_states", "to_model_state",
 ]

@@ -63,14 +63,16 @@ def _is_rwkv6(model: nn.Module) -> bool:
 
 
 def to_model_state(model: nn.Module, states: list, batch_size: int) -> list:
-    """The model's initial recurrent state (per layer: att shift None, WKV state, ffn shift None) from per-layer
+    """The model's initial recurrent state (per layer: zero att shift, WKV state, zero ffn shift) from per-layer
     [H, N, N] tensors in the file's [head, value, key] order, repeated over the batch."""
     transpose = _is_rwkv6(model)
+    weight = model.emb.weight
     out = []
     for state in states:
         wkv = state.transpose(-1, -2) if transpose else state
         wkv = wkv.to(torch.promote_types(wkv.dtype, torch.float32)).unsqueeze(0).expand(batch_size, -1, -1, -1)
-        out.append((None, wkv, None))
+        shift = torch.zeros(batch_size, model.config.n_embd, dtype=weight.dtype, device=weight.device)
+        out.append((shift, wkv, shift))
     return out
 
 
