@@ -249,7 +249,7 @@ def run_train(args):
 
 def test_training_in_chunks_reaches_the_single_pass_adapter(tiny, tmp_path):
     """Bone, fp32, DeepSpeed ZeRO stage 2, 4 steps on SFT samples of 40 tokens: with --chunk_ctx 16 (chunks 16, 16,
-    8) the adapter equals the one-pass adapter to float32 rounding."""
+    8, with layer checkpointing nested) the adapter equals the one-pass adapter to float32 rounding."""
     adapters = {}
     for name, extra in (("one-pass", []), ("chunked", ["--chunk_ctx", "16", "--grad_cp", "layer"])):
         proj = tmp_path / name
@@ -265,7 +265,7 @@ def test_training_in_chunks_reaches_the_single_pass_adapter(tiny, tmp_path):
     moved = max(float(t.abs().max()) for t in one.values())
     assert moved > 1e-3  # 4 steps at lr 1e-2 moved the blocks
     difference = max(float((one[n] - chunked[n]).abs().max()) for n in one)
-    assert difference < 1e-5 * moved / 1e-2, difference
+    assert difference < 2e-4 * moved, difference  # measured 1.5e-6 of 0.04 (fp32 rounding, amplified by Adam)
 
 
 def greedy_reply(model, prompt_ids, state, length):
@@ -295,8 +295,8 @@ def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, monkeypatch, capsys
     try:
         status = train_main(["--peft", "state", "--load_model", str(tiny / "base.pth"), "--data_file",
                              str(tmp_path / "zebra.jsonl"), "--ctx_len", "32", "--chunk_ctx", "12", "--epoch_steps",
-                             "40", "--dataload", "pad", "--lr_init", "1.0", "--lr_final", "0.2", "--strategy", "auto", "--proj_dir",
-                             str(proj), *COMMON])
+                             "40", "--dataload", "pad", "--lr_init", "1.0", "--lr_final", "0.2", "--strategy", "auto",
+                             "--proj_dir", str(proj), *COMMON])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out

@@ -21,6 +21,9 @@ from src.train.loss import L2Wrap, masked_cross_entropy
 def _chunk_loss(model, input_ids, targets, loss_mask, state, denominator, positions):
     logits, state = model(input_ids, state=state, return_state=True)
     loss = masked_cross_entropy(logits, targets, loss_mask, denominator=denominator)
+    # The shift states are views of the chunk's activations (x[:, -1]); kept as the next chunk's inputs they would
+    # keep those whole activations alive. Copies hold only [B, C].
+    state = [tuple(t.clone() for t in layer) for layer in state]
     return L2Wrap.apply(loss, logits, positions), state
 
 

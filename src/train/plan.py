@@ -65,8 +65,9 @@ def choose_wkv_op(cfg: TrainConfig, accelerator: str, precision: str, head_size:
     if requested != "torch":
         problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.forward_len)
         if problem is not None and requested == "cuda":
-            raise TrainSetupError(f"--wkv_op cuda cannot run this run (tokens per forward {cfg.forward_len}, "
-                                  f"--precision {precision}, head size {head_size}): {problem}; use --wkv_op torch")
+            length = f"--chunk_ctx {cfg.chunk_ctx}" if cfg.chunk_ctx else f"--ctx_len {cfg.ctx_len}"
+            raise TrainSetupError(f"--wkv_op cuda cannot run this run ({length}, --precision {precision}, head size "
+                                  f"{head_size}): {problem}; use --wkv_op torch")
         if problem is not None:
             requested = "torch"
         elif accelerator == "gpu" and x070:  # WKV7 builds share WKV6's cache folder; the largest T is its own
