@@ -9,8 +9,9 @@ b=64 (factored) on random weights, micro-batch 1, and runs in a fresh process, s
   first step) shows what the model and the interpreter hold.
 - CUDA: torch.cuda.max_memory_allocated over the steps, bf16, the CUDA WKV op, at the RWKV6-1.6B shape.
 
-    python bench/infctx.py                                   # CPU table -> bench/results/infctx-cpu.{json,md}
-    python bench/infctx.py --device cuda --shape 1.6b        # GPU rows  -> bench/results/infctx-<gpu>.{json,md}
+    python bench/infctx.py --device cpu                      # CPU table -> bench/results/infctx-cpu.{json,md}
+    python bench/infctx.py --device cuda                     # GPU rows  -> bench/results/infctx-<gpu>.{json,md}
+    python bench/infctx.py                                   # cuda when present, else the CPU table
     python bench/infctx.py --ctx 512,2048 --steps 1          # fewer rows
 """
 import argparse
@@ -31,7 +32,7 @@ SHAPES = {
     "1.6b": {"n_layer": 24, "n_embd": 2048, "vocab_size": 65536, "label": "RWKV6-1.6B (L24 D2048 vocab 65536)"},
 }
 DEFAULTS = {"cpu": {"ctx": "512,2048,8192,16384", "dtype": "fp32", "warmup": 1, "steps": 2},
-            "cuda": {"ctx": "512,2048,8192,16384", "dtype": "bf16", "warmup": 1, "steps": 3}}
+            "cuda": {"ctx": "512,2048,8192,16384", "dtype": "bf16", "warmup": 1, "steps": 2}}
 CHUNK = 512
 # glibc keeps freed heap blocks resident, so a process's peak RSS would count memory a chunk freed as if the next
 # chunk still held it; allocations from 64 KiB up are mmap-ed instead (and returned on free), so the peak RSS
@@ -83,8 +84,8 @@ def run_worker(args) -> dict:
     result = {"ctx_len": args.ctx_len, "chunk_ctx": chunk, "shape": args.shape, "dtype": args.dtype,
               "status": "error"}
     torch.manual_seed(0)
-    if device.type == "cuda":
-        configure_wkv6_cuda(max_t=build_max_t_for(chunk or args.ctx_len))
+    if device.type == "cuda":  # one kernel build serves every row: its T limit is the run's longest context
+        configure_wkv6_cuda(max_t=build_max_t_for(max(int(c) for c in args.ctx.split(","))))
         torch.backends.cuda.matmul.allow_tf32 = True
     result["wkv_op"] = wkv_op = resolve_wkv_op("auto", device, head_size=64, dtype=dtype).op
     model = build_model(shape, False, wkv_op, device, dtype, seed=0)
@@ -131,7 +132,8 @@ def measure(args) -> list:
         for ctx, chunk in rows:
             out = Path(work) / f"ctx{ctx}-chunk{chunk}.json"
             run = run_fresh_process([Path(__file__).resolve(), "--worker", "--device", args.device, "--shape",
-                                     args.shape, "--dtype", args.dtype, "--ctx_len", ctx, "--chunk", chunk,
+                                     args.shape, "--dtype", args.dtype, "--ctx", args.ctx, "--ctx_len", ctx,
+                                     "--chunk", chunk,
                                      "--warmup", args.warmup, "--steps", args.steps, "--result", out],
                                     out, timeout_s=args.timeout, env=WORKER_ENV)
             row = run["result"] or {"ctx_len": ctx, "chunk_ctx": chunk or None, "status": f"rc {run['rc']}"}
@@ -187,7 +189,7 @@ def markdown(results, info, args) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="auto: cuda if present")
     parser.add_argument("--shape", default=None, choices=sorted(SHAPES), help="default: cpu on CPU, 1.6b on cuda")
     parser.add_argument("--ctx", default=None, help="comma-separated context lengths")
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16"))
@@ -200,6 +202,10 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     defaults = DEFAULTS[args.device]
     args.shape = args.shape or ("cpu" if args.device == "cpu" else "1.6b")
     for name in ("ctx", "dtype", "warmup", "steps"):
