@@ -39,7 +39,7 @@ class RWKV6Config:
     dim_maa_lora: int = 32  # time_maa_w1 is [C, 5 * dim_maa_lora]; 64 for the 7B and 14B models
     dim_decay_lora: int = 64  # time_decay_w1 is [C, dim_decay_lora]; 128 for the 7B and 14B models
     wkv_op: str = "torch"
-    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant)
+    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant; also with state in and out)
 
     def __post_init__(self):
         if self.dim_ffn is None:

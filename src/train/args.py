@@ -291,6 +291,10 @@ class TrainConfig:
                  if getattr(self, name) != defaults[name]]
         if self.train_parts.strip():
             given.append("--train_parts")
+        if self.strategy.startswith("deepspeed_stage_3"):
+            # ZeRO-3 gathers a parameter only inside its module's forward; the states are read before the model's.
+            raise ValueError(f"--peft state does not run under --strategy {self.strategy} (ZeRO-3 partitions the "
+                             f"trained states); use deepspeed_stage_2 (the states are a few MB)")
         if given:
             raise ValueError(f"--peft state trains only the initial WKV states (every weight frozen), but "
                              f"{', '.join(given)} set{'s' if len(given) == 1 else ''} adapter settings; drop "
