@@ -13,6 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from demo.chat import main as chat_main
+from src.data import get_tokenizer, render_sft_prompt
+from src.eval.math import main as eval_main
+from src.model import RWKV6
 from src.peft import (
     BoneConfig,
     LoraConfig,
@@ -282,11 +286,7 @@ def greedy_reply(model, prompt_ids, state, length):
 
 def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, monkeypatch, capsys):
     """Every answer of the toy task is "zebra": the tuned state (trained in chunks) makes it the greedy reply to an
-    unseen question, which the untuned model does not give; chat --state serves the same reply."""
-    from demo.chat import main as chat_main
-    from src.data import get_tokenizer, render_sft_prompt
-    from src.model import RWKV6
-
+    unseen question, which the untuned model does not give; the evaluator and chat --state serve the same reply."""
     write_sft(tmp_path / "zebra.jsonl", [(f"Name {i}?", "zebra") for i in range(30)])
     for name in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "PL_GLOBAL_SEED"):  # main() sets them: give them back
         monkeypatch.setenv(name, "unset-by-test")
@@ -310,6 +310,20 @@ def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, monkeypatch, capsys
     untuned = greedy_reply(model, prompt, None, 6)
     assert tuned.strip().startswith("zebra"), tuned
     assert not untuned.strip().startswith("zeb"), untuned
+
+    # The evaluator's batched decoding (prompts of different lengths, src/eval/decode.py) starts from the state too.
+    questions = tmp_path / "questions.jsonl"
+    with open(questions, "w", encoding="utf-8") as handle:
+        for query in ("Name 77?", "Name 123456?"):
+            handle.write(json.dumps({"question": query, "answer": "#### 1"}) + "\n")
+    records = tmp_path / "records.jsonl"
+    assert eval_main(["--model", str(tiny / "base.pth"), "--state", str(proj / "state-final.pth"), "--data",
+                      str(questions), "--format", "gsm8k", "--tokenizer", "byte", "--device", "cpu",
+                      "--max_new_tokens", "6", "--out", str(records), "--log_every", "0"]) == 0
+    generated = [json.loads(line)["generated"] for line in records.read_text().splitlines()]
+    longer = get_tokenizer("byte").encode(render_sft_prompt("Name 123456?", "rwkv"))
+    expected = [greedy_reply(model, p, load_state_for(model, proj / "state-final.pth"), 6) for p in (prompt, longer)]
+    assert generated == [e.split("\x00")[0] for e in expected], (generated, expected)
 
     assert chat_main(["--model", str(tiny / "base.pth"), "--state", str(proj / "state-final.pth"), "--prompt",
                       "Name 77?", "--temperature", "0", "--max_tokens", "8", "--jsonl"]) == 0
