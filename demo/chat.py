@@ -2,13 +2,15 @@
 
     python demo/chat.py --model merged.pth                        # interactive
     python demo/chat.py --base base.pth --adapter adapter.pth     # merges in memory, then the same
+    python demo/chat.py --model base.pth --state state-final.pth  # every conversation starts from a tuned state
     python demo/chat.py --model merged.pth --prompt "Hi" --prompt "And then?"   # one reply per prompt
     printf 'Hi\\nAnd then?\\n' | python demo/chat.py --model merged.pth        # lines on stdin, likewise
 
 Turns use RWKV's chat format "User: {message}\\n\\nAssistant:" (the same text train.py's SFT data renders,
 via src.data.render_sft_prompt); a reply ends at a blank line ("\\n\\n"), at the end-of-document token, or
 after --max_tokens. The recurrent state is kept between turns, so the model remembers the conversation
-(--fresh starts every prompt from an empty state; type /reset in the interactive loop).
+(--fresh starts every prompt from an empty state; type /reset in the interactive loop). With --state (a file of
+train.py --peft state) the conversation, every --fresh prompt and /reset start from that trained state instead.
 
 Two engines compute the logits; demo/sampling.py turns them into tokens for both, with one seeded
 torch.Generator, so a fixed --seed gives the same reply whichever engine runs:
@@ -32,7 +34,8 @@ from demo.sampling import Sampler, SamplingConfig, penalty_exempt_ids
 from src.checkpoint.files import save_atomic
 from src.checkpoint.io import check_finite_tensors, detect_rwkv_version, load_for_inference, read_checkpoint
 from src.model import DTYPES
-from src.peft import read_adapter
+from src.model.layout import layer_count
+from src.peft import read_adapter, read_state_file, to_model_state
 from src.peft.merged import serving_weights
 
 TURN_SEPARATOR = "\n\n"
@@ -64,6 +67,17 @@ class RwkvPackageEngine:
         logits, state = self.model.forward(list(tokens), state)
         return logits.float().cpu(), state
 
+    def initial_state(self, time_states):
+        """The package's state list started from per-layer [H, N, N] time states ([head, value, key], as in state
+        files), or None where the package itself starts from the time_state keys of the weights (RWKV6: main()
+        hands them over in the .pth, and the package loads them with its own transpose)."""
+        if not hasattr(self.model, "generate_zero_state"):
+            return None
+        state = self.model.generate_zero_state()  # RWKV-7: [3i+1] is the WKV state, [head, value, key] already
+        for i, tensor in enumerate(time_states):
+            state[3 * i + 1] = tensor.to(state[3 * i + 1].device, torch.float32).contiguous()
+        return state
+
 
 class NativeEngine:
     """Logits from this project's RWKV6 (src.model), running its recurrent mode."""
@@ -83,11 +97,16 @@ class NativeEngine:
         logits, state = self.model(idx, state=state, return_state=True)
         return logits[0, -1].float().cpu(), state
 
+    def initial_state(self, time_states):
+        """The model's one-row state started from per-layer [H, N, N] time states (as in state files)."""
+        return to_model_state(self.model, [t.to(self.device) for t in time_states], batch_size=1)
+
 
 class ChatSession:
     """A conversation: renders each user message as a turn, feeds it, and samples the reply."""
 
-    def __init__(self, engine, tokenizer, sampler, template="rwkv", max_tokens=200, chunk_len=256, fresh=False):
+    def __init__(self, engine, tokenizer, sampler, template="rwkv", max_tokens=200, chunk_len=256, fresh=False,
+                 initial_state=None):
         if max_tokens <= 0:
             raise ValueError(f"--max_tokens must be positive, got {max_tokens}")
         if chunk_len <= 0:
@@ -99,11 +118,12 @@ class ChatSession:
         self.max_tokens = max_tokens
         self.chunk_len = chunk_len
         self.fresh = fresh
-        self.state = None
+        self.initial_state = initial_state  # the engine's state to start from (a tuned state), None: zeros
+        self.reset()
 
     def reset(self):
         """Forget the conversation."""
-        self.state = None
+        self.state = list(self.initial_state) if self.initial_state is not None else None
 
     def _feed(self, ids, state):
         logits = None
@@ -159,6 +179,7 @@ def build_parser():
     source.add_argument("--base", help="base RWKV6 .pth that --adapter was trained on (merged in memory)")
     source.add_argument("--adapter", help="adapter: train.py's adapter-*.pth, an RWKV-PEFT .pth or an HF peft "
                                           "directory")
+    source.add_argument("--state", help="state file written by train.py --peft state: conversations start from it")
     serving = parser.add_argument_group("serving")
     serving.add_argument("--engine", choices=["auto", "rwkv", "native"], default="auto",
                          help="rwkv: the rwkv pip package; native: src.model; auto: native for byte vocabularies")
@@ -226,10 +247,21 @@ def set_rwkv_package_environment(device, arch="x060"):
         os.environ.pop("RWKV_V7_ON", None)
 
 
-def build_engine(args, state_dict, pth_path, device, precision, workdir):
+def read_time_states(path, state_dict) -> list:
+    """The per-layer time states of a state file, checked against the served model's shape."""
+    arch = detect_rwkv_version(state_dict)
+    heads, size = state_dict["blocks.0.att." + ("r_k" if arch == "x070" else "time_faaaa")].shape
+    return read_state_file(path, layer_count(state_dict, arch), heads, size)
+
+
+def build_engine(args, state_dict, pth_path, device, precision, workdir, time_states=None):
+    """The chosen engine; time_states (an RWKV6 state file's tensors) go into the .pth the rwkv package reads."""
     dtype = DTYPES[precision]
     if args.engine == "native":
         return NativeEngine(state_dict, device, dtype)
+    if time_states is not None and detect_rwkv_version(state_dict) == "x060":
+        state_dict = dict(state_dict, **{f"blocks.{i}.att.time_state": t for i, t in enumerate(time_states)})
+        pth_path = None
     if pth_path is None or pth_path.suffix != ".pth":
         # The rwkv package loads weights from a .pth file only: hand it the merged weights through one.
         pth_path = save_atomic(state_dict, Path(workdir) / "merged.pth")
@@ -334,12 +366,14 @@ def main(argv=None):
         if tokenizer.vocab_size > vocab_size:
             raise ValueError(f"the {tokenizer_name} tokenizer has {tokenizer.vocab_size} ids but the model's "
                              f"vocabulary has {vocab_size}: pass --tokenizer byte for byte-level models")
+        time_states = read_time_states(args.state, state_dict) if args.state else None
         with tempfile.TemporaryDirectory(prefix="rwkv-chat-") as workdir:
-            engine = build_engine(args, state_dict, pth_path, device, precision, workdir)
+            engine = build_engine(args, state_dict, pth_path, device, precision, workdir, time_states)
+        initial_state = engine.initial_state(time_states) if time_states is not None else None
         del state_dict
         sampler = Sampler(sampling, engine.vocab_size, seed=args.seed, exempt_ids=penalty_exempt_ids(tokenizer))
         session = ChatSession(engine, tokenizer, sampler, template=args.template, max_tokens=args.max_tokens,
-                              chunk_len=args.chunk_len, fresh=args.fresh)
+                              chunk_len=args.chunk_len, fresh=args.fresh, initial_state=initial_state)
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"chat: {error}", file=sys.stderr)
         return 2

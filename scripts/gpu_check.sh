@@ -423,6 +423,7 @@ run_part "table7-$NAME_A" 150 check_t7_a "Table 7 rows $T7_ROWS_A at shape $T7_S
 run_part "table7-$NAME_B" 150 check_t7_b "Table 7 rows $T7_ROWS_B at shape $T7_SHAPE_B -> $RESULTS/table7-$T7_TAG_B.{json,md}" \
   env PYTHON="$PY" "${T7_COMMON[@]}" SHAPES="$T7_SHAPE_B" ROWS="$T7_ROWS_B" \
   bash scripts/bench_table7.sh --tag "$T7_TAG_B" --out_dir "$RESULTS" --timeout 120
+run_part infctx-1.6b 150 - "Bone, one pass vs --chunk_ctx 512 at ctx 512-16384, shape $T7_SHAPE_A -> $RESULTS/infctx-*.{json,md}" "$PY" bench/infctx.py --shape "$T7_SHAPE_A" --ctx "$([[ $SMALL == 1 ]] && echo 1024 || echo 512,2048,8192,16384)" --steps 1 --out_dir "$RESULTS"
 
 # ---------------------------------------------------------------- 6. the 3B checkpoint through train.py
 steps_b=$(( ${TRAIN_B[5]} )); tokens_b=$(( ${TRAIN_B[1]} * ${TRAIN_B[3]} * ${TRAIN_B[5]} ))

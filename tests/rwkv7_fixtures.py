@@ -50,13 +50,15 @@ def write_random_checkpoint(path, dtype=torch.float32, **kwargs) -> RWKV7:
 def package_reference(jobs, workdir, timeout_s: float = 600.0) -> list:
     """Run the `rwkv` package's RWKV-7 ('cpu fp32') in a fresh process.
 
-    jobs: a list of (checkpoint path ending in .pth, token list of length >= 2). Returns, per job,
+    jobs: a list of (checkpoint path ending in .pth, token list of length >= 2[, state file]); with a state file
+    (blocks.{i}.att.time_state [H, N, N], [head, value, key]) the package starts from its zero state with each
+    layer's WKV state [3i+1] replaced by the file's tensor. Returns, per job,
     {"logits": [T, V] float32, "state": the package's state list (per layer i: [3i] att shift (C),
     [3i+1] WKV state (H, N, N) [head, value, key], [3i+2] ffn shift (C))}.
     """
     workdir = Path(workdir)
     job_file, out_file = workdir / "reference_jobs.pt", workdir / "reference_out.pt"
-    torch.save([(str(path), list(tokens)) for path, tokens in jobs], job_file)
+    torch.save([(str(job[0]), list(job[1]), str(job[2]) if len(job) > 2 else None) for job in jobs], job_file)
     env = dict(os.environ, RWKV_V7_ON="1", RWKV_CUDA_ON="0", RWKV_JIT_ON="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([sys.executable, "-m", "tests.rwkv7_fixtures", str(job_file), str(out_file)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout_s)
@@ -71,11 +73,16 @@ def _run_reference(job_file, out_file) -> None:
     from rwkv.model import RWKV  # RWKV_x070 under RWKV_V7_ON=1
 
     results = []
-    for path, tokens in torch.load(job_file):
+    for path, tokens, state_file in torch.load(job_file):
         if not path.endswith(".pth"):
             raise ValueError(f"reference checkpoints must end in .pth, got {path}")
         model = RWKV(model=path[: -len(".pth")], strategy="cpu fp32")  # the package appends ".pth"
-        logits, state = model.forward(tokens, None, full_output=True)
+        start = None
+        if state_file is not None:
+            start = model.generate_zero_state()
+            for key, tensor in torch.load(state_file, weights_only=True).items():
+                start[3 * int(key.split(".")[1]) + 1] = tensor.float().contiguous()
+        logits, state = model.forward(tokens, start, full_output=True)
         results.append({"logits": logits.float().clone(), "state": [s.clone() for s in state]})
     torch.save(results, out_file)
 

@@ -32,7 +32,7 @@ from src.train.args import PEFT_METHODS, TrainConfig, parse_args
 # ---- the registry and the contract -----------------------------------------------------------------------------
 
 def test_registry_entries_are_consistent():
-    assert PEFT_METHODS == ("none", "bone", "lora", "pissa", "miss")
+    assert PEFT_METHODS == ("none", "bone", "lora", "pissa", "miss", "state")  # state: src.peft.state, no Linear
     for name, (config_class, adapter_class) in METHODS.items():
         assert config_class.method == name and issubclass(config_class, AdapterConfig)
         assert issubclass(adapter_class, AdapterLinear)

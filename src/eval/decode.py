@@ -96,8 +96,9 @@ def _check_prompts(prompts) -> None:
 
 
 @torch.inference_mode()
-def prefill(model, prompts: Sequence[Sequence[int]], prefill_tokens: int = 8192):
-    """Run token-id prompts of any lengths from the zero state without padding.
+def prefill(model, prompts: Sequence[Sequence[int]], prefill_tokens: int = 8192, initial_state=None):
+    """Run token-id prompts of any lengths from the zero state (or from `initial_state`, a one-row state such as
+    a state-tuned one, src.peft.load_state_for) without padding.
 
     Returns (logits [B, vocab] float32 at each prompt's last position, state after each prompt), both in the
     order of `prompts`; the state is what `model(..., return_state=True)` returns, batch row b for prompt b.
@@ -108,7 +109,8 @@ def prefill(model, prompts: Sequence[Sequence[int]], prefill_tokens: int = 8192)
     device = _model_device(model)
     rows = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # still running, shortest first
     finished_order, finished_logits, finished_states = [], [], []
-    state, position = None, 0
+    state = concat_states([initial_state] * len(rows)) if initial_state is not None else None
+    position = 0
     while rows:
         target = len(prompts[rows[0]])
         chunk = max(1, prefill_tokens // len(rows))
@@ -176,8 +178,9 @@ class _Answer:
 
 @torch.inference_mode()
 def greedy_generate(model, prompts: Sequence[Sequence[int]], tokenizer, config: DecodeConfig,
-                    progress: Optional[Callable[[int, int], None]] = None) -> list:
+                    progress: Optional[Callable[[int, int], None]] = None, initial_state=None) -> list:
     """Greedy answers (list of Generation, in prompt order) to token-id prompts; see the module docstring.
+    initial_state: the one-row state every prompt starts from (None: zeros), e.g. a state-tuned one.
 
     tokenizer turns generated ids into text (for stop strings and `Generation.text`). progress, if given, is
     called as progress(n_finished, n_total) each time a sequence finishes.
@@ -194,7 +197,8 @@ def greedy_generate(model, prompts: Sequence[Sequence[int]], tokenizer, config: 
     while waiting or running:
         if waiting and len(running) <= config.batch_size // 2:
             joining = [waiting.popleft() for _ in range(min(config.batch_size - len(running), len(waiting)))]
-            new_logits, new_state = prefill(model, [prompts[i] for i in joining], config.prefill_tokens)
+            new_logits, new_state = prefill(model, [prompts[i] for i in joining], config.prefill_tokens,
+                                            initial_state)
             if running:
                 logits = torch.cat([logits, new_logits], dim=0)
                 state = concat_states([state, new_state])

@@ -38,7 +38,7 @@ from src.eval.answers import FORMATS, answers_equal, extract_prediction, extract
 from src.eval.decode import DecodeConfig, greedy_generate, template_stop_strings
 from src.model import DTYPES
 from src.ops import WKV_REQUESTS
-from src.peft import read_adapter
+from src.peft import load_state_for, read_adapter
 from src.peft.merged import serving_weights
 
 QUESTION_FIELDS = ("question", "problem", "query", "instruction")
@@ -173,8 +173,9 @@ def load_model(model_path=None, base_path=None, adapter_path=None, wkv_op="auto"
 
 
 def evaluate(model, tokenizer, items, answer_format: str, template: str, decode_config: DecodeConfig,
-             progress=None) -> EvalResult:
-    """Answer every item greedily and score it; `progress(n_done, n_total)` is called as answers finish."""
+             progress=None, initial_state=None) -> EvalResult:
+    """Answer every item greedily and score it; `progress(n_done, n_total)` is called as answers finish.
+    initial_state: the one-row state every question starts from (a state-tuned one, --state), None: zeros."""
     if model.config.vocab_size < tokenizer.vocab_size:
         raise ValueError(f"the {tokenizer.name} tokenizer has {tokenizer.vocab_size} ids but the model's vocabulary "
                          f"has {model.config.vocab_size}; pick the tokenizer the model was trained with (--tokenizer)")
@@ -183,7 +184,8 @@ def evaluate(model, tokenizer, items, answer_format: str, template: str, decode_
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    generations = greedy_generate(model, prompts, tokenizer, decode_config, progress=progress)
+    generations = greedy_generate(model, prompts, tokenizer, decode_config, progress=progress,
+                                  initial_state=initial_state)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     seconds = time.perf_counter() - start
@@ -226,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--base", help="base RWKV6 .pth the adapter was trained on")
     source.add_argument("--adapter", help="adapter (train.py's, an RWKV-PEFT .pth or an HF peft directory); merged "
                                           "into --base in memory")
+    parser.add_argument("--state", default=None, help="state file written by train.py --peft state "
+                                                      "(state-*.pth): every question starts from it")
     parser.add_argument("--data", required=True, help="JSON Lines questions with reference solutions")
     parser.add_argument("--format", required=True, choices=FORMATS, help="answer extraction rules")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N questions")
@@ -254,7 +258,8 @@ def main(argv=None) -> int:
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     try:
         refuse_overwriting_inputs([("--out", args.out)], [("--data", args.data), ("--model", args.model),
-                                                          ("--base", args.base), ("--adapter", args.adapter)])
+                                                          ("--base", args.base), ("--adapter", args.adapter),
+                                                          ("--state", args.state)])
         check_output_file("--out", args.out)
         if args.max_new_tokens is not None and args.max_new_tokens < 1:
             raise ValueError(f"--max_new_tokens must be a positive number of tokens, got {args.max_new_tokens} "
@@ -271,6 +276,7 @@ def main(argv=None) -> int:
         tokenizer = get_tokenizer(args.tokenizer)
         model = load_model(args.model, args.base, args.adapter, wkv_op=args.wkv_op, device=device,
                            dtype=DTYPES[dtype_name])
+        initial_state = load_state_for(model, args.state) if args.state else None
     except (FileNotFoundError, ValueError, RuntimeError) as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 2
@@ -286,7 +292,8 @@ def main(argv=None) -> int:
                   file=sys.stderr, flush=True)
 
     try:
-        result = evaluate(model, tokenizer, items, args.format, args.template, decode_config, progress=progress)
+        result = evaluate(model, tokenizer, items, args.format, args.template, decode_config, progress=progress,
+                          initial_state=initial_state)
     except ValueError as error:
         print(f"evaluation failed: {error}", file=sys.stderr)
         return 2

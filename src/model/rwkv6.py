@@ -39,7 +39,7 @@ class RWKV6Config:
     dim_maa_lora: int = 32  # time_maa_w1 is [C, 5 * dim_maa_lora]; 64 for the 7B and 14B models
     dim_decay_lora: int = 64  # time_decay_w1 is [C, dim_decay_lora]; 128 for the 7B and 14B models
     wkv_op: str = "torch"
-    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant)
+    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant; also with state in and out)
 
     def __post_init__(self):
         if self.dim_ffn is None:
@@ -212,7 +212,7 @@ class RWKV6(nn.Module):
         new_state = []
         for i, block in enumerate(self.blocks):
             layer_state = state[i] if state is not None else None
-            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled() and not return_state:
+            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled():
                 x, layer_state = checkpoint(block, x, layer_state, use_reentrant=False)
             else:
                 x, layer_state = block(x, layer_state)

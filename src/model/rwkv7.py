@@ -71,7 +71,8 @@ class RWKV7Config:
     dim_g_lora: int = 128  # att.g1 [C, D_g]
     layer0_value_lora: bool = True  # whether blocks.0.att.v0/v1/v2 exist (kept, never read)
     wkv_op: str = "torch"
-    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant; v_first is an argument)
+    layer_checkpointing: bool = False  # recompute each block in backward (non-reentrant; v_first and the state are
+    # arguments and results, so state-carrying chunks checkpoint blocks too)
 
     def __post_init__(self):
         if self.dim_ffn is None:
@@ -276,7 +277,7 @@ class RWKV7(nn.Module):
         new_state = []
         for i, block in enumerate(self.blocks):
             layer_state = state[i] if state is not None else None
-            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled() and not return_state:
+            if self.config.layer_checkpointing and self.training and torch.is_grad_enabled():
                 # v_first goes in and out as a real argument, so the recomputation sees the same tensor.
                 x, v_first, layer_state = checkpoint(block, x, v_first, layer_state, use_reentrant=False)
             else:

@@ -16,6 +16,7 @@ Layout (one concern per file; imports run down this list, never up):
     summary      parameter counts and the adapter table
     config       the config of a train.py run from its flags
     merged       an adapter folded into its base checkpoint (for serving and src.merge)
+    state        state tuning: a trained initial WKV state per layer (not a Linear adapter) and its files
 """
 from src.peft.adapter_io import adapter_state_dict, check_base, load_adapter, read_adapter, save_adapter
 from src.peft.base import AdapterConfig, AdapterLinear
@@ -35,6 +36,16 @@ from src.peft.inject import (
 from src.peft.lora import LoraConfig, LoraLinear, PissaConfig, PissaLinear
 from src.peft.miss import MissConfig, MissLinear
 from src.peft.registry import METHODS, config_from_dict
+from src.peft.state import (
+    StateConfig,
+    apply_state_tuning,
+    initial_state_for,
+    load_state_for,
+    read_state_file,
+    save_state,
+    time_states,
+    to_model_state,
+)
 from src.peft.summary import format_peft_table, peft_summary
 from src.peft.targets import DEFAULT_TARGETS, parse_parts, resolve_targets
 
@@ -44,5 +55,6 @@ __all__ = [
     "parse_parts", "resolve_targets", "config_from_dict", "get_peft_state", "PeftState", "DEFAULT_TARGETS",
     "peft_summary", "format_peft_table", "AdapterConfig", "AdapterLinear", "BoneLinear", "LoraLinear",
     "PissaLinear", "METHODS", "make_adapter", "adapter_modules", "peft_config_from_flags", "field_default",
-    "MissConfig", "MissLinear", "export_adapter",
+    "MissConfig", "MissLinear", "export_adapter", "StateConfig", "apply_state_tuning", "initial_state_for",
+    "load_state_for", "read_state_file", "save_state", "time_states", "to_model_state",
 ]

@@ -16,6 +16,7 @@ from typing import Optional
 
 from src.peft.base import AdapterConfig
 from src.peft.registry import METHODS
+from src.peft.state import StateConfig
 
 # RWKV-PEFT's keys naming files to start from: accepted only when empty (this trainer never reads them).
 RWKV_PEFT_FILE_KEYS = ("bone_load", "lora_load", "pissa_load", "pissa_init")
@@ -63,14 +64,16 @@ def normalise_json(method: str, data: dict) -> dict:
 
 
 def peft_config_from_flags(flags) -> Optional[AdapterConfig]:
-    """The config of --peft (None for 'none', else a METHODS key: TrainConfig checks the choice); --METHOD_config
-    JSON sets what the method's flags leave at their defaults.
+    """The config of --peft (None for 'none', StateConfig for 'state', else a METHODS key: TrainConfig checks the
+    choice); --METHOD_config JSON sets what the method's flags leave at their defaults.
 
     Every --METHOD_config given is parsed, so bad JSON is reported even for a method the run does not use."""
     given = {method: parse_json_flag(f"{method}_config", getattr(flags, f"{method}_config", None))
              for method in METHODS}
     if flags.peft == "none":
         return None
+    if flags.peft == StateConfig.method:  # no settings: the trainer refuses other adapters' flags with it
+        return StateConfig()
     config_class = METHODS[flags.peft].config
     values = config_class.flag_values(flags)
     values.update(normalise_json(flags.peft, given[flags.peft]))

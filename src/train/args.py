@@ -42,7 +42,11 @@ def is_deepspeed(name: str) -> bool:
     return name in DEEPSPEED_STRATEGIES
 
 
-PEFT_METHODS = ("none",) + tuple(METHODS)
+PEFT_METHODS = ("none",) + tuple(METHODS) + ("state",)  # state: src.peft.state, not a Linear adapter
+# Flags that set a Linear adapter's settings: refused with --peft state, which has none (given, or off default).
+ADAPTER_SETTING_FLAGS = ("bone_b", "bone_grouping", "bone_form", "bone_impl", "lora_r", "lora_alpha", "lora_dropout",
+                         "svd_niter", "miss_r", "miss_form", "miss_mini_r")
+ADAPTER_JSON_FLAGS = ("bone_config", "lora_config", "pissa_config", "miss_config")
 GRAD_CP_CHOICES = {"none": "none", "0": "none", "layer": "layer", "1": "layer", "bone": "bone"}
 PRECISION_CHOICES = {"bf16": "bf16", "fp16": "fp16", "16": "fp16", "fp32": "fp32", "32": "fp32", "tf32": "tf32"}
 LR_SCHEDULES = {"exp": "exp", "exponential": "exp", "cos": "cos", "cosine": "cos"}
@@ -116,6 +120,9 @@ class TrainConfig:
     data_type: str = _flag("binidx", "binidx | jsonl ({\"text\"} lines) | sft (query/response records)")
     tokenizer: str = _flag("auto", "auto (byte when vocab_size is 256, else world) | world | byte")
     ctx_len: int = _flag(1024, "tokens per sample", type=int)
+    chunk_ctx: Optional[int] = _flag(None, "train each sample in chunks of this many tokens, the recurrent state "
+                                           "carried and differentiated across them (exact; memory of one chunk); "
+                                           "default: one pass", type=int)
     dataload: str = _flag("get", "get (random windows) | pad (one document per sample) | only (no padding)")
     loss_mask: Optional[str] = _flag(None, "none | pad | qa (default: qa for --data_type sft, else none)")
     sft_field: tuple = _flag(("query", "response"), "query and response field names of sft data", nargs=2)
@@ -145,7 +152,8 @@ class TrainConfig:
                                  "for all", type=int)
     gradient_clip_val: float = _flag(1.0, "clip the gradient norm (0: off)", type=float)
     # peft
-    peft: str = _flag("none", "none (full fine-tune) | " + " | ".join(METHODS))
+    peft: str = _flag("none", "none (full fine-tune) | " + " | ".join(METHODS) + " | state (a trained initial WKV "
+                              "state per layer, every weight frozen)")
     train_parts: str = _flag("", "comma-separated parameter-name fragments to train besides the adapter, e.g. "
                                  "time,ln (default: none)")
     peft_targets: Optional[str] = _flag(None, "adapted modules: att, ffn, att,ffn (default) or name suffixes")
@@ -290,15 +298,40 @@ class TrainConfig:
         if self.init_adapter and self.peft == "none":
             raise ValueError(f"--init_adapter {self.init_adapter} continues an adapter: pass --peft with the file's "
                              f"method (and its settings)")
+        if self.chunk_ctx is not None and not 1 <= self.chunk_ctx <= self.ctx_len:
+            raise ValueError(f"--chunk_ctx must be between 1 and --ctx_len {self.ctx_len}, got {self.chunk_ctx}; "
+                             f"leave it out to train each sample in one pass")
+        if self.peft == "state":
+            self._check_state_tuning_flags()
         if self.grad_cp == "bone" and self.peft != "bone":
             raise ValueError(f"--grad_cp bone recomputes Bone's weights, but --peft is {self.peft!r}; use "
                              f"--grad_cp layer")
+
+    def _check_state_tuning_flags(self):
+        defaults = {f.name: f.default for f in fields(self)}
+        given = [f"--{name}" for name in ADAPTER_SETTING_FLAGS + ADAPTER_JSON_FLAGS + ("peft_targets",)
+                 if getattr(self, name) != defaults[name]]
+        if self.train_parts.strip():
+            given.append("--train_parts")
+        if self.strategy.startswith("deepspeed_stage_3"):
+            # ZeRO-3 gathers a parameter only inside its module's forward; the states are read before the model's.
+            raise ValueError(f"--peft state does not run under --strategy {self.strategy} (ZeRO-3 partitions the "
+                             f"trained states); use deepspeed_stage_2 (the states are a few MB)")
+        if given:
+            raise ValueError(f"--peft state trains only the initial WKV states (every weight frozen), but "
+                             f"{', '.join(given)} set{'s' if len(given) == 1 else ''} adapter settings; drop "
+                             f"{'it' if len(given) == 1 else 'them'}, or choose that adapter with --peft")
 
     # ---- derived values -------------------------------------------------------------------------------------
     @property
     def changes_on_resume(self) -> tuple:
         """The --change_on_resume names."""
         return tuple(name.strip().lstrip("-") for name in str(self.change_on_resume or "").split(",") if name.strip())
+
+    @property
+    def forward_len(self) -> int:
+        """The most tokens one model forward sees: --chunk_ctx when training in chunks, else --ctx_len."""
+        return self.chunk_ctx or self.ctx_len
 
     @property
     def world_size(self) -> int:

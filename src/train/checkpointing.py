@@ -29,7 +29,7 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.checkpoint.files import copy_atomic, disk_full_error, is_disk_full
 from src.checkpoint.io import save_official
-from src.peft import save_adapter
+from src.peft import save_adapter, save_state, time_states
 from src.train.resume import (
     CHECKPOINT_DIR,
     ResumePoint,
@@ -289,14 +289,17 @@ class CheckpointAndSave(Callback):
         self.last_saved = (name, False)
 
     def save_weights(self, trainer, pl_module, tag: str, epoch: int) -> Optional[Path]:
-        """adapter-{tag}.pth (save_adapter) or, for a full fine-tune, rwkv-{tag}.pth in the official layout;
-        returns the path on rank 0 (None on the other ranks)."""
+        """adapter-{tag}.pth (save_adapter), state-{tag}.pth for state tuning (save_state: the layout RWKV tools
+        read) or, for a full fine-tune, rwkv-{tag}.pth in the official layout; returns the path on rank 0 (None on
+        the other ranks)."""
         model = pl_module.model
         params = [p for p in model.parameters() if p.requires_grad or not self.peft]
         with gathered_parameters(trainer, params):
             if not trainer.is_global_zero:
                 return None
-            if self.peft:
+            if self.peft and time_states(model):
+                path = save_state(model, self.proj_dir / f"state-{tag}.pth")
+            elif self.peft:
                 extra = dict(self.adapter_extra, epoch=epoch, step=pl_module.optimizer_step_count)
                 path = save_adapter(model, self.proj_dir / f"adapter-{tag}.pth", extra=extra)
             else:

@@ -87,7 +87,7 @@ def train(plan: TrainingPlan, rank_zero: bool, extra_callbacks=()) -> int:
     module = RWKVTrainModule(
         model, plan.dataset, schedule, optimizer_spec, micro_bsz=cfg.micro_bsz, start_epoch=start_epoch,
         step_offset=point.step if point else 0, start_batch=point.batch if point else 0,
-        num_workers=1 if on_gpu else 0,
+        num_workers=1 if on_gpu else 0, chunk_ctx=cfg.chunk_ctx,
     )
     tty = sys.stdout.isatty()  # Lightning's progress bar writes to stdout; logs get plain lines instead
     tracker = ProgressTracker(

@@ -1,8 +1,5 @@
-"""The LightningModule that trains an RWKV6 or RWKV-7 model: masked cross-entropy with RWKV's L2Wrap, optimizer
-groups, lr.
-
-Loss of a micro-batch (per rank): sum_t CE_t * mask_t / max(sum_t mask_t, 1), CE in float32, then L2Wrap, which
-leaves the value unchanged and adds RWKV's logit penalty to the gradient (see `L2Wrap`).
+"""The LightningModule that trains an RWKV6 or RWKV-7 model: the loss of src/train/loss.py (in one pass, or in
+chunks of --chunk_ctx tokens through src/train/infctx.py), optimizer groups, lr.
 """
 import dataclasses
 import re
@@ -11,49 +8,16 @@ from typing import Optional
 import pytorch_lightning as pl
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from src.data.dataset import ignore_sigterm_in_worker
+from src.peft.state import initial_state_for
+from src.train.infctx import chunked_loss
+from src.train.loss import L2Wrap, masked_cross_entropy
 from src.train.schedule import LRSchedule
-
-L2WRAP_FACTOR = 1e-4
 
 
 class NonFiniteLossError(RuntimeError):
     """Raised on every rank when a loss is NaN or infinite; names where it happened."""
-
-
-class L2Wrap(torch.autograd.Function):
-    """Returns `loss` unchanged; in backward also sends 1e-4/(B*T) * max_logit to each position's largest logit.
-
-    That is the gradient of the penalty 1e-4 * mean over positions of max_logit**2 / 2, which keeps logits from
-    drifting upward (RWKV-LM's L2Wrap). The penalty gradient is scaled by the incoming gradient, so loss scaling
-    (gradient accumulation, fp16) scales it with the loss.
-    """
-
-    @staticmethod
-    def forward(ctx, loss, logits):
-        ctx.save_for_backward(logits)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        (logits,) = ctx.saved_tensors
-        positions = logits.shape[0] * logits.shape[1]
-        largest, index = logits.max(dim=-1, keepdim=True)
-        penalty = torch.zeros_like(logits).scatter_(-1, index, largest * (L2WRAP_FACTOR / positions))
-        return grad_output, penalty * grad_output.to(logits.dtype)
-
-
-def masked_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """sum(CE * mask) / max(sum(mask), 1) over a batch: logits [B, T, V], targets [B, T], mask [B, T].
-
-    Computed in fp32 (fp64 for fp64 logits) whatever the logits' precision."""
-    vocab = logits.shape[-1]
-    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half-precision logits: CE in fp32
-    token_loss = F.cross_entropy(wide.reshape(-1, vocab), targets.reshape(-1), reduction="none")
-    mask = mask.reshape(-1).to(token_loss.dtype)
-    return (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 # RWKV-7 (x070) time-mix parameters that are not `.weight` matrices: the (1,1,C) mixes and biases, the (in, out)
@@ -128,12 +92,15 @@ class RWKVTrainModule(pl.LightningModule):
 
     step_offset / start_epoch / start_batch place a resumed run: optimizer steps already taken, the absolute
     epoch the first Lightning epoch stands for, and how many of its micro-batches were already trained.
+    chunk_ctx: train each sample in chunks of that many tokens with the state carried (src/train/infctx.py);
+    None: one pass.
     """
 
     def __init__(self, model: nn.Module, dataset, schedule: LRSchedule, optimizer_spec: OptimizerSpec,
                  micro_bsz: int, start_epoch: int, step_offset: int = 0, start_batch: int = 0,
-                 num_workers: int = 0):
+                 num_workers: int = 0, chunk_ctx: Optional[int] = None):
         super().__init__()
+        self.chunk_ctx = chunk_ctx
         self.model = model
         self.dataset = dataset
         self.schedule = schedule
@@ -179,11 +146,18 @@ class RWKVTrainModule(pl.LightningModule):
         self.current_lr = self.schedule.apply(self.trainer.optimizers[0], self.optimizer_step_count)
 
     def training_step(self, batch, batch_idx):
-        logits = self.model(batch["input_ids"])
-        loss = masked_cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        ids, targets, mask = batch["input_ids"], batch["targets"], batch["loss_mask"]
+        state = initial_state_for(self.model, ids.shape[0])  # state tuning's trained state; None: zeros
+        if self.chunk_ctx:
+            wrapped = chunked_loss(self.model, ids, targets, mask, self.chunk_ctx, initial_state=state)
+            loss = wrapped.detach()
+        else:
+            logits = self.model(ids, state=state)
+            loss = masked_cross_entropy(logits, targets, mask)
+            wrapped = L2Wrap.apply(loss, logits)
         self.check_finite(loss, batch_idx)
         self.step_losses.append(loss.detach().float())
-        return L2Wrap.apply(loss, logits)
+        return wrapped
 
     def check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         """Stop every rank together (no rank left waiting in a collective) when any rank's loss is not finite."""

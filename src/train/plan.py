@@ -26,8 +26,10 @@ from src.ops.wkv7_cuda import kernel_limit_problem as wkv7_kernel_limit_problem
 from src.peft import (
     METHODS,
     AdapterConfig,
+    StateConfig,
     adapter_modules,
     apply_peft,
+    apply_state_tuning,
     load_adapter,
     parse_parts,
     peft_config_from_flags,
@@ -76,17 +78,18 @@ def choose_wkv_op(cfg: TrainConfig, accelerator: str, precision: str, head_size:
     requested = cfg.wkv_op
     x070 = arch == "x070"
     if requested != "torch":
-        problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.ctx_len)
+        problem = (wkv7_kernel_limit_problem if x070 else kernel_limit_problem)(head_size, dtype, cfg.forward_len)
         if problem is not None and requested == "cuda":
-            raise TrainSetupError(f"--wkv_op cuda cannot run this run (--ctx_len {cfg.ctx_len}, --precision "
-                                  f"{precision}, head size {head_size}): {problem}; use --wkv_op torch")
+            length = f"--chunk_ctx {cfg.chunk_ctx}" if cfg.chunk_ctx else f"--ctx_len {cfg.ctx_len}"
+            raise TrainSetupError(f"--wkv_op cuda cannot run this run ({length}, --precision {precision}, head size "
+                                  f"{head_size}): {problem}; use --wkv_op torch")
         if problem is not None:
             requested = "torch"
         elif accelerator == "gpu" and x070:  # WKV7 builds share WKV6's cache folder; the largest T is its own
             configure_wkv6_cuda(cache_dir=extensions_dir)
-            configure_wkv7_cuda(max_t=build_max_t_for(cfg.ctx_len))
+            configure_wkv7_cuda(max_t=build_max_t_for(cfg.forward_len))
         elif accelerator == "gpu":
-            configure_wkv6_cuda(max_t=build_max_t_for(cfg.ctx_len), cache_dir=extensions_dir)
+            configure_wkv6_cuda(max_t=build_max_t_for(cfg.forward_len), cache_dir=extensions_dir)
     device = torch.device("cuda" if accelerator == "gpu" else "cpu")
     try:
         choice = (resolve_wkv7_op if x070 else resolve_wkv_op)(requested, device, head_size=head_size, dtype=dtype)
@@ -229,8 +232,12 @@ def check_init_adapter(model, cfg: TrainConfig, peft_config: AdapterConfig) -> N
 
 
 def apply_adapters(model, cfg: TrainConfig, peft_config: Optional[AdapterConfig]) -> list:
-    """Put the adapter in (or, for --peft none, make every weight trainable); returns adapted module names.
-    With --init_adapter the adapter is the file's (its tensors loaded, unless the model is on the meta device)."""
+    """Put the adapter in (or, for --peft none, make every weight trainable; for --peft state, add the trainable
+    initial states); returns adapted module names (none for state tuning). With --init_adapter the adapter is the
+    file's (its tensors loaded, unless the model is on the meta device)."""
+    if isinstance(peft_config, StateConfig):
+        apply_state_tuning(model)
+        return []
     if cfg.init_adapter and peft_config is not None:
         check_init_adapter(model, cfg, peft_config)
         load_adapter(model, cfg.init_adapter, config=peft_config)
@@ -336,7 +343,7 @@ def run_outputs(cfg: TrainConfig) -> list:
     proj = Path(cfg.proj_dir)
     label = "--proj_dir output"
     tags = [str(e) for e in range(cfg.epoch_begin, cfg.epoch_begin + cfg.epoch_count)] + ["final"]
-    outputs = [(label, proj / f"{kind}-{tag}.pth") for kind in ("adapter", "rwkv") for tag in tags]
+    outputs = [(label, proj / f"{kind}-{tag}.pth") for kind in ("adapter", "rwkv", "state") for tag in tags]
     outputs += [(label, proj / METRICS_FILE), (label, proj / LOSS_PLOT)]
     outputs += [(label, proj / name) for name in previous_run_files(proj)]
     return outputs

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from src.peft import format_peft_table, peft_config_from_flags, peft_summary
+from src.peft import StateConfig, format_peft_table, peft_config_from_flags, peft_summary, time_states
 from src.train.args import QUICKSTART_HINT, TrainConfig
 from src.train.plan import (
     TrainingPlan,
@@ -33,6 +33,8 @@ def describe_model(config) -> str:
 def describe_method(cfg: TrainConfig, peft_config) -> str:
     if peft_config is None:
         return "full fine-tune (every weight trains)"
+    if isinstance(peft_config, StateConfig):
+        return "state tuning (a trained initial WKV state per layer; every weight frozen)"
     settings = ", ".join(f"{k}={v}" for k, v in peft_config.to_dict().items() if k != "method")
     if cfg.init_adapter:
         return f"{peft_config.method} ({settings}) | starting from --init_adapter {cfg.init_adapter} (its trainables)"
@@ -55,17 +57,34 @@ def dry_run(cfg: TrainConfig) -> int:
     print(f"method    {describe_method(cfg, peft_config)}")
     if adapted:
         print(format_peft_table(peft_summary(model)))
+    print_state_line(model)
     print(f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)")
     if cfg.wandb and importlib.util.find_spec("wandb") is None:
         print(f"note      --wandb {cfg.wandb}: the wandb package is not installed, so a training run would stop "
               f"here: pip install wandb (or drop --wandb)")
     summary = {"trainable": trainable, "total": total, "adapted_modules": len(adapted), "method": cfg.peft,
+               "chunk_ctx": cfg.chunk_ctx, "time_state": sum(t.numel() for t in time_states(model).values()),
                "peft_config": peft_config.to_dict() if peft_config else None,
                "train_parts": cfg.train_parts.strip(), "arch": arch_of(config), "n_layer": config.n_layer,
                "n_embd": config.n_embd,
                "vocab_size": config.vocab_size, "dim_ffn": config.dim_ffn}
     print(json.dumps(summary), flush=True)
     return 0
+
+
+def describe_states(model) -> str:
+    """'L x [H, N, N] time_state = n parameters' of a state-tuned model ('' for any other)."""
+    states = list(time_states(model).values())
+    if not states:
+        return ""
+    shape = ", ".join(str(d) for d in states[0].shape)
+    return f"{len(states)} x [{shape}] time_state = {sum(t.numel() for t in states):,} trainable parameters"
+
+
+def print_state_line(model) -> None:
+    line = describe_states(model)
+    if line:
+        print(f"state     {line}")
 
 
 def start_summary(plan: TrainingPlan, model, adapted) -> str:
@@ -84,12 +103,13 @@ def start_summary(plan: TrainingPlan, model, adapted) -> str:
         "=" * 100,
         f"model     {describe_model(plan.model_config)} | {total:,} params | {source}",
         f"method    {describe_method(cfg, plan.peft_config)}"
-        + (f" | {len(adapted)} adapted modules" if adapted else ""),
+        + (f" | {len(adapted)} adapted modules" if adapted else "")
+        + (f" | {describe_states(model)}" if time_states(model) else ""),
         f"trainable {trainable:,} of {total:,} ({100.0 * trainable / total:.3f}%)",
         f"data      {plan.dataset.summary()}",
         f"batch     micro_bsz {cfg.micro_bsz} x accumulate {cfg.accumulate_grad_batches} x {cfg.world_size} "
         f"process(es) = {global_batch} samples/step, ctx_len {cfg.ctx_len} -> {global_batch * cfg.ctx_len:,} "
-        f"tokens/step",
+        f"tokens/step" + (f" | in chunks of {cfg.chunk_ctx} tokens, state carried" if cfg.chunk_ctx else ""),
         f"schedule  {cfg.epoch_steps} micro-batches/epoch = {cfg.steps_per_epoch} steps x {cfg.epoch_count} epochs "
         f"(from epoch {cfg.epoch_begin}) = {cfg.total_steps} steps | lr {cfg.lr_init:g} -> {cfg.lr_final:g} "
         f"({cfg.lr_schedule}), warmup {warmup} | {cfg.optim} betas ({cfg.beta1}, {cfg.beta2}) eps {cfg.adam_eps:g} "
@@ -118,7 +138,9 @@ def end_summary(plan: TrainingPlan, saved_files: list, last_loss, seconds: float
         lines.append(f"resume    {proj / CHECKPOINT_DIR / point.directory} (step {point.step})")
     lines.append(f"metrics   {proj / METRICS_FILE} | curve {proj / LOSS_PLOT}"
                  + (f" | tensorboard {proj / 'tb'}" if (proj / "tb").is_dir() else ""))
-    if plan.peft_config is not None and final and cfg.load_model:
+    if isinstance(plan.peft_config, StateConfig) and final and cfg.load_model:
+        lines.append(f"chat      python -m demo.chat --model {cfg.load_model} --state {final[-1]}")
+    elif plan.peft_config is not None and final and cfg.load_model:
         lines.append(f"merge     python -m src.merge --base {cfg.load_model} --adapter {final[-1]} "
                      f"--output {proj / 'merged.pth'}")
     lines.append("=" * 100)

@@ -7,8 +7,8 @@ planning and bad-input checks stay light), and which checkpoints are kept.
                                            its files (size and sampled hash of each), and whether it is known good
     checkpoints/latest.json                names the newest complete checkpoint (a copy of its point.json)
 
---fresh moves an earlier run's outputs (adapter-*.pth, rwkv-*.pth, metrics.csv, loss.png, tb/, checkpoints/)
-into proj_dir/replaced-YYYYmmdd-HHMMSS/ (nothing is deleted; remove that folder when it is not needed).
+--fresh moves an earlier run's outputs (adapter-*.pth, rwkv-*.pth, state-*.pth, metrics.csv, loss.png, tb/,
+checkpoints/) into proj_dir/replaced-YYYYmmdd-HHMMSS/ (nothing is deleted; remove that folder when it is not needed).
 
 Kept checkpoints: the newest, the complete one before it (a newest one found damaged at resume falls back to
 it, saying so), and the newest known-good one. A checkpoint is known good when its trainable weights were finite
@@ -30,7 +30,7 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest.json"
 POINT_FILE = "point.json"
 REPLACED_PREFIX = "replaced-"  # --fresh moves an earlier run's outputs into proj_dir/replaced-YYYYmmdd-HHMMSS/
-RUN_OUTPUT_PATTERNS = ("adapter-*.pth", "rwkv-*.pth", METRICS_FILE, LOSS_PLOT, "tb", CHECKPOINT_DIR)
+RUN_OUTPUT_PATTERNS = ("adapter-*.pth", "rwkv-*.pth", "state-*.pth", METRICS_FILE, LOSS_PLOT, "tb", CHECKPOINT_DIR)
 
 
 @dataclass
