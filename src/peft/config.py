@@ -114,7 +114,7 @@ def check_given_settings(flags, command_line, given) -> None:
         raise ValueError(f"{listed}: this run is {run}, which would ignore {'it' if len(foreign) == 1 else 'them'}; "
                          f"drop {'it' if len(foreign) == 1 else 'them'}, or choose the --peft that reads "
                          f"{'it' if len(foreign) == 1 else 'them'}")
-    if flags.peft == "none":
+    if flags.peft not in METHODS:  # none, state: no settings to spell twice
         return
     config_class = METHODS[flags.peft].config
     spellings = {}  # field -> [(how it was given, value)]
