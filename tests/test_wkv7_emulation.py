@@ -34,7 +34,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -111,30 +110,8 @@ def all_builds():
     """Every build of this file, compiled two at a time (cold cache), then loaded: {"ext": .., "driver": ..}."""
     jobs = [("ext", spec, _build_extension_in_subprocess) for spec in EXTENSION_BUILDS]
     jobs += [("driver", spec, build_driver) for spec in DRIVER_BUILDS]
-    results, errors, lock = {}, [], threading.Lock()
-    pending = list(jobs)
-
-    def worker():
-        while True:
-            with lock:
-                if not pending:
-                    return
-                kind, spec, job = pending.pop(0)
-            try:
-                value = job(*spec)
-                with lock:
-                    results[(kind, spec)] = value
-            except BaseException as error:  # reported below
-                with lock:
-                    errors.append(error)
-
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+    values = emu.run_in_parallel([lambda spec=spec, job=job: job(*spec) for _, spec, job in jobs])
+    results = {(kind, spec): value for (kind, spec, _), value in zip(jobs, values)}
     modules = {}
     for N, dtype in EXTENSION_BUILDS:
         name, defines = extension_spec(N, dtype)
@@ -356,31 +333,12 @@ def planted_race_checks(tmp_path_factory):
         copy.write_text(SOURCE[:site] + "/* barrier removed by the test */" + SOURCE[SOURCE.index(";", site) + 1:])
         sources[site] = copy
     defines = driver_defines(16, torch.float32)
-    programs, errors, pending, lock = {}, [], list(sources.items()), threading.Lock()
 
-    def worker():
-        while True:
-            with lock:
-                if not pending:
-                    return
-                site, source = pending.pop(0)
-            try:
-                name = f"wkv7_race_check_planted_{'none' if site is None else line_of(site)}"
-                program = emu.build_host_program([source, DRIVER_SOURCE], defines, race_check=True, name=name)
-                with lock:
-                    programs[site] = program
-            except BaseException as error:  # reported below
-                with lock:
-                    errors.append(error)
+    def build(site):
+        name = f"wkv7_race_check_planted_{'none' if site is None else line_of(site)}"
+        return emu.build_host_program([sources[site], DRIVER_SOURCE], defines, race_check=True, name=name)
 
-    threads = [threading.Thread(target=worker) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return programs
+    return dict(zip(sources, emu.run_in_parallel([lambda site=site: build(site) for site in sources])))
 
 
 def test_the_kernel_has_barriers_to_plant():

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
@@ -362,6 +362,36 @@ def emulated_wkv6(head_size: int = 64, max_t: int = 4096, dtype=None, verbose: b
     return build_emulated_extension(name, WKV6_SOURCES, defines, None, verbose)
 
 
+def run_in_parallel(jobs: Sequence[Callable[[], object]], workers: int = 2) -> list:
+    """Each job's result, in the jobs' order, the jobs taken by `workers` threads (two compiles at once suit a
+    2-core CI machine); the first error is raised once every job has ended."""
+    results: list = [None] * len(jobs)
+    errors: List[BaseException] = []
+    pending = list(range(len(jobs)))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                if not pending:
+                    return
+                index = pending.pop(0)
+            try:
+                results[index] = jobs[index]()
+            except BaseException as error:  # reported below
+                with lock:
+                    errors.append(error)
+
+    threads = [threading.Thread(target=worker) for _ in range(max(1, workers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def prebuild_wkv6(specs: Iterable[Tuple[int, int, object]], jobs: int = 2, timeout_s: float = 900) -> None:
     """Compile the missing WKV6 builds among `specs` [(head size, max T, dtype)], `jobs` processes at a time.
 
@@ -378,30 +408,17 @@ def prebuild_wkv6(specs: Iterable[Tuple[int, int, object]], jobs: int = 2, timeo
                             "--max-t", str(max_t), "--dtype", element])
     if pending:
         ensure_runtime_object()  # once, before the parallel builds that all link it
-    failures = []
-    lock = threading.Lock()
 
-    def worker():
-        while True:
-            with lock:
-                if not pending:
-                    return
-                cmd = pending.pop(0)
-            process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            try:
-                output, _ = process.communicate(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                output, _ = process.communicate()
-            if process.returncode != 0:
-                with lock:
-                    failures.append(f"$ {' '.join(cmd)}\n{output[-6000:]}")
+    def build(cmd):
+        process = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            output, _ = process.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+        return None if process.returncode == 0 else f"$ {' '.join(cmd)}\n{output[-6000:]}"
 
-    threads = [threading.Thread(target=worker) for _ in range(max(1, jobs))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    failures = [f for f in run_in_parallel([lambda cmd=cmd: build(cmd) for cmd in pending], jobs) if f]
     if failures:
         raise EmulationError("prebuilding the emulated WKV6 extensions failed:\n" + "\n".join(failures))
 
@@ -500,24 +517,7 @@ def build_race_check(kernel_source: Path = KERNEL_SOURCE, head_size: int = 16, f
 
 def build_race_checks(kernel_sources: Sequence[Path], **kwargs) -> List[Path]:
     """build_race_check for several kernel copies, two compiles at a time."""
-    results: List[Optional[Path]] = [None] * len(kernel_sources)
-    errors: List[BaseException] = []
-
-    def work(index):
-        try:
-            results[index] = build_race_check(kernel_sources[index], **kwargs)
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    for start in range(0, len(kernel_sources), 2):
-        threads = [threading.Thread(target=work, args=(i,)) for i in range(start, min(start + 2, len(kernel_sources)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    if errors:
-        raise errors[0]
-    return results  # type: ignore[return-value]
+    return run_in_parallel([lambda source=source: build_race_check(source, **kwargs) for source in kernel_sources])
 
 
 def run_program(executable: Path, args: Sequence[str] = (), timeout_s: float = 120,
