@@ -340,8 +340,8 @@ for name, init in (("torch's", None), ("train.py's", ignore_sigterm_in_worker)):
     os.killpg(os.getpgrp(), signal.SIGTERM)  # as a scheduler signals every process of the job
     try:
         print(name, "batches:", 1 + sum(1 for _ in batches), flush=True)
-    except RuntimeError as error:
-        print(name, "failed:", error, flush=True)
+    except (RuntimeError, OSError) as error:  # a killed worker: RuntimeError, or a reset pipe mid-transfer
+        print(name, "failed:", type(error).__name__, error, flush=True)
     del batches
 """
 
@@ -352,5 +352,5 @@ def test_dataloader_workers_survive_a_sigterm_sent_to_the_whole_job():
     done = subprocess.run([sys.executable, "-c", WORKER_SCRIPT], cwd=ROOT, capture_output=True, text=True,
                           timeout=120, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "torch's failed: DataLoader worker (pid(s)" in done.stdout  # what the test guards against
+    assert "torch's failed:" in done.stdout  # what the test guards against: the default handler kills the worker
     assert "train.py's batches: 20" in done.stdout and done.stdout.count("noted SIGTERM") == 2
