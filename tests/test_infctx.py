@@ -288,7 +288,9 @@ def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, monkeypatch, capsys
     """Every answer of the toy task is "zebra": the tuned state (trained in chunks) makes it the greedy reply to an
     unseen question, which the untuned model does not give; the evaluator and chat --state serve the same reply."""
     write_sft(tmp_path / "zebra.jsonl", [(f"Name {i}?", "zebra") for i in range(30)])
-    for name in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "PL_GLOBAL_SEED"):  # main() sets them: give them back
+    for name in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "PL_GLOBAL_SEED", "RANK", "WORLD_SIZE", "LOCAL_RANK",
+                 "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):  # main() sets them: give them back (a later
+        # multi-process run would otherwise take itself for an already-launched rank)
         monkeypatch.setenv(name, "unset-by-test")
         monkeypatch.delenv(name)
     threads = torch.get_num_threads()
