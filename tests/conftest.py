@@ -21,3 +21,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT",
+                      "OMP_NUM_THREADS", "DS_ACCELERATOR", "PL_GLOBAL_SEED")
+
+
+@pytest.fixture(autouse=True)
+def launcher_variables_given_back():
+    """train.py's main() sets these for DeepSpeed; a test that calls it in-process must not hand them to a later
+    test's subprocesses (a leaked WORLD_SIZE/LOCAL_RANK makes a multi-process run wait for ranks never started)."""
+    saved = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
