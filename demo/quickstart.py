@@ -9,6 +9,7 @@ Stages, each a command a user could type (the exact commands are in OUT/logs/*.l
 3. bone     train.py --peft bone --bone_b B on the question/answer data (loss masked to the answers).
    lora     train.py --peft lora --lora_r B/2: the same number of trainable parameters (Bone-row has in·b per
             layer, LoRA r·(in+out); over the RWKV6 projections the totals are equal when b = 2r).
+            Each at its own peak learning rate (bone_lr, lora_lr): the best of bench/convergence.py's sweep.
 4. merge    python -m src.merge for each adapter; then python -m src.eval.math scores base, Bone and LoRA on the
             held-out questions (GSM8K format, exact match of the final number).
 5. chat     demo/chat.py on the merged Bone model; a PNG of the loss curves.
@@ -23,9 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -51,17 +54,20 @@ class QuickstartSize:
     ft_ctx_len: int
     ft_micro_bsz: int
     ft_steps: int  # optimizer steps of each fine-tune
-    ft_lr: float
+    bone_lr: float  # each method's own peak rate: its best in bench/convergence.py's one-step sweep
+    lora_lr: float
     bone_b: int  # LoRA gets r = bone_b // 2
 
 
 SIZES = {
     "full": QuickstartSize(n_pretrain=40000, n_train=4000, n_test=300, n_layer=4, n_embd=128,
                            base_ctx_len=128, base_micro_bsz=16, base_steps=1400, base_lr=4e-3,
-                           ft_ctx_len=128, ft_micro_bsz=16, ft_steps=300, ft_lr=1e-2, bone_b=32),
+                           ft_ctx_len=128, ft_micro_bsz=16, ft_steps=150, bone_lr=3e-3, lora_lr=1e-2,
+                           bone_b=32),
     "ci": QuickstartSize(n_pretrain=20000, n_train=2000, n_test=100, n_layer=3, n_embd=128,
                          base_ctx_len=128, base_micro_bsz=16, base_steps=500, base_lr=4e-3,
-                         ft_ctx_len=128, ft_micro_bsz=16, ft_steps=150, ft_lr=1e-2, bone_b=32),
+                         ft_ctx_len=128, ft_micro_bsz=16, ft_steps=150, bone_lr=3e-3, lora_lr=1e-2,
+                         bone_b=32),
 }
 CHAT_PROMPTS = ("Sara has 12 shells. How many after finding 7 more?",
                 "Omar has 15 coins. How many after losing 6?")
@@ -87,6 +93,7 @@ class Quickstart:
         # Wall time of each stage, kept across reruns so a reused stage still reports its time.
         self.timings_file = out_dir / "timings.json"
         self.seconds = json.loads(self.timings_file.read_text()) if self.timings_file.exists() else {}
+        self.timings_lock = threading.Lock()
 
     # ---- running commands ----------------------------------------------------------------------------------------
     def run(self, stage: str, args: list) -> str:
@@ -96,8 +103,9 @@ class Quickstart:
         print(f"[{stage}] {' '.join(command[1:])}", flush=True)
         started = time.perf_counter()
         completed = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True)
-        self.seconds[stage] = time.perf_counter() - started
-        self.timings_file.write_text(json.dumps(self.seconds, indent=1), encoding="utf-8")
+        with self.timings_lock:  # bench/convergence.py runs stages from several threads
+            self.seconds[stage] = time.perf_counter() - started
+            self.timings_file.write_text(json.dumps(self.seconds, indent=1), encoding="utf-8")
         log.write_text(f"$ {' '.join(command)}\n\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}",
                        encoding="utf-8")
         if completed.returncode != 0:
@@ -118,12 +126,15 @@ class Quickstart:
                               "--n_pretrain", s.n_pretrain, "--n_train", s.n_train, "--n_test", s.n_test])
         return paths
 
-    def common_train_args(self, proj_dir: Path, ctx_len: int, micro_bsz: int, steps: int, lr: float) -> list:
+    def common_train_args(self, proj_dir: Path, ctx_len: int, micro_bsz: int, steps: int, lr: float,
+                          seed: Optional[int] = None) -> list:
+        """Flags every training shares; seed (of initialisation and data order) defaults to the task's."""
         epochs = max(1, steps // STEPS_PER_EPOCH)
         return ["--proj_dir", proj_dir, "--tokenizer", "byte", "--ctx_len", ctx_len, "--micro_bsz", micro_bsz,
                 "--epoch_steps", steps // epochs, "--epoch_count", epochs, "--epoch_save", epochs,
                 "--lr_init", lr, "--lr_final", lr / 10, "--lr_schedule", "cos", "--warmup_steps", 10,
-                "--accelerator", "cpu", "--strategy", "auto", "--precision", "fp32", "--seed", self.seed,
+                "--accelerator", "cpu", "--strategy", "auto", "--precision", "fp32",
+                "--seed", self.seed if seed is None else seed,
                 "--num_threads", self.threads, "--fresh"]
 
     def base_args(self, pretrain: Path) -> list:
@@ -133,19 +144,22 @@ class Quickstart:
                 + self.common_train_args(self.out / "base", s.base_ctx_len, s.base_micro_bsz, s.base_steps,
                                          s.base_lr))
 
-    def method_flags(self) -> dict:
-        """The two fine-tunes compared, as train.py flags: equal trainable parameters at r = b/2."""
+    def methods(self) -> dict:
+        """The two fine-tunes compared: name -> (train.py flags, peak learning rate). Equal trainable parameters
+        at r = b/2; each method at its own best learning rate."""
         b = self.size.bone_b
-        return {"bone": ["--peft", "bone", "--bone_b", b],
-                "lora": ["--peft", "lora", "--lora_r", b // 2, "--lora_alpha", b // 2]}
+        return {"bone": (["--peft", "bone", "--bone_b", b], self.size.bone_lr),
+                "lora": (["--peft", "lora", "--lora_r", b // 2, "--lora_alpha", b // 2], self.size.lora_lr)}
 
-    def fine_tune_args(self, name: str, peft_flags: list, base_args: list, train_data: Path) -> list:
-        """train.py's arguments for the fine-tune `name` (its folder) with `peft_flags`; base_args names the base
-        (--load_model PATH, or shape flags for a dry run). Every fine-tune sees the same data in the same order."""
+    def fine_tune_args(self, name: str, peft_flags: list, base_args: list, train_data: Path, lr: float,
+                       seed: Optional[int] = None) -> list:
+        """train.py's arguments for the fine-tune `name` (its folder) with `peft_flags` at peak learning rate lr;
+        base_args names the base (--load_model PATH, or shape flags for a dry run). For one seed every fine-tune
+        sees the same data in the same order."""
         s = self.size
         return (["train.py", *peft_flags, *base_args, "--data_file", train_data, "--data_type", "sft",
                  "--dataload", "pad", "--loss_mask", "qa"]
-                + self.common_train_args(self.out / name, s.ft_ctx_len, s.ft_micro_bsz, s.ft_steps, s.ft_lr))
+                + self.common_train_args(self.out / name, s.ft_ctx_len, s.ft_micro_bsz, s.ft_steps, lr, seed))
 
     def train_base(self, pretrain: Path) -> Path:
         final = self.out / "base" / "rwkv-final.pth"
@@ -153,10 +167,11 @@ class Quickstart:
             self.run("base", self.base_args(pretrain))
         return final
 
-    def fine_tune(self, name: str, peft_flags: list, base: Path, train_data: Path) -> Path:
+    def fine_tune(self, name: str, peft_flags: list, base: Path, train_data: Path, lr: float,
+                  seed: Optional[int] = None) -> Path:
         final = self.out / name / "adapter-final.pth"
         if not self.done(final):
-            self.run(name, self.fine_tune_args(name, peft_flags, ["--load_model", base], train_data))
+            self.run(name, self.fine_tune_args(name, peft_flags, ["--load_model", base], train_data, lr, seed))
         return final
 
     def dry_run(self, data: dict) -> None:
@@ -165,9 +180,9 @@ class Quickstart:
         s = self.size
         shape = ["--arch", self.arch, "--n_layer", s.n_layer, "--n_embd", s.n_embd, "--vocab_size", 256]
         self.run("base-dry-run", self.base_args(data["pretrain"]) + ["--dry_run"])
-        for method, flags in self.method_flags().items():
+        for method, (flags, lr) in self.methods().items():
             output = self.run(f"{method}-dry-run",
-                              self.fine_tune_args(method, flags, shape, data["train"]) + ["--dry_run"])
+                              self.fine_tune_args(method, flags, shape, data["train"], lr) + ["--dry_run"])
             print(f"[{method}-dry-run] {output.strip().splitlines()[-1]}")
 
     def merge(self, method: str, base: Path, adapter: Path) -> Path:
@@ -210,10 +225,10 @@ def trainable_count(adapter: Path) -> int:
 
 
 def results_table(rows: list) -> str:
-    lines = ["| model | trainable parameters | training time (s) | held-out accuracy |",
-             "|---|---:|---:|---:|"]
+    lines = ["| model | trainable parameters | peak lr | training time (s) | held-out accuracy |",
+             "|---|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['model']} | {row['trainable']:,} | {row['train_seconds']:.0f} | "
+        lines.append(f"| {row['model']} | {row['trainable']:,} | {row['lr']:g} | {row['train_seconds']:.0f} | "
                      f"{100 * row['accuracy']:.1f}% ({row['correct']}/{row['total']}) |")
     return "\n".join(lines)
 
@@ -232,6 +247,8 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
         raise SystemExit(f"{out_dir} holds a quickstart made with other settings ({settings_file}); pass --fresh "
                          f"to replace it, or choose another --out_dir")
     settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    print(f"settings: {json.dumps(settings)}\n(bone_lr, lora_lr: each method's best peak learning rate in "
+          f"bench/convergence.py's sweep on this task; bench/results/convergence-cpu.md)", flush=True)
 
     qs = Quickstart(size, out_dir, seed, threads, fresh, arch)
     started = time.perf_counter()
@@ -240,7 +257,7 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
         qs.dry_run(data)
         return None
     base = qs.train_base(data["pretrain"])
-    adapters = {m: qs.fine_tune(m, flags, base, data["train"]) for m, flags in qs.method_flags().items()}
+    adapters = {m: qs.fine_tune(m, flags, base, data["train"], lr) for m, (flags, lr) in qs.methods().items()}
     merged = {m: qs.merge(m, base, adapters[m]) for m in adapters}
     scores = {"base": qs.evaluate("base", ["--model", base], data["test"])}
     scores.update({m: qs.evaluate(m, ["--model", merged[m]], data["test"]) for m in merged})
@@ -250,11 +267,11 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
     base_params = sum(t.numel() for t in torch.load(base, map_location="cpu").values())
     generation = "RWKV-7 " if arch == "x070" else ""
     rows = [{"model": f"base ({generation}L{size.n_layer} D{size.n_embd}, from scratch)", "trainable": base_params,
-             "train_seconds": qs.seconds["base"], **scores["base"]},
+             "lr": size.base_lr, "train_seconds": qs.seconds["base"], **scores["base"]},
             {"model": f"Bone-row b={size.bone_b}", "trainable": trainable_count(adapters["bone"]),
-             "train_seconds": qs.seconds["bone"], **scores["bone"]},
+             "lr": size.bone_lr, "train_seconds": qs.seconds["bone"], **scores["bone"]},
             {"model": f"LoRA r={size.bone_b // 2}", "trainable": trainable_count(adapters["lora"]),
-             "train_seconds": qs.seconds["lora"], **scores["lora"]}]
+             "lr": size.lora_lr, "train_seconds": qs.seconds["lora"], **scores["lora"]}]
     table = results_table(rows)
     summary = {"settings": settings, "rows": rows, "stage_seconds": qs.seconds,
                "total_seconds": time.perf_counter() - started}
