@@ -248,7 +248,7 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
                          f"to replace it, or choose another --out_dir")
     settings_file.write_text(json.dumps(settings, indent=1), encoding="utf-8")
     print(f"settings: {json.dumps(settings)}\n(bone_lr, lora_lr: each method's best peak learning rate in "
-          f"bench/convergence.py's sweep on this task; bench/results/convergence-cpu.md)", flush=True)
+          f"bench/convergence.py's one-step sweep: bench/results/convergence-cpu-one-step.md)", flush=True)
 
     qs = Quickstart(size, out_dir, seed, threads, fresh, arch)
     started = time.perf_counter()
