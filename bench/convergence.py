@@ -289,7 +289,9 @@ def main(argv=None) -> int:
     grid = parse_floats(args.lr_grid)
 
     work_dir = Path(args.work_dir or f"out/convergence-{args.size}")
-    settings = {"size": asdict(size), "base_threads": args.base_threads}
+    # The quickstart's own rates (bone_lr, lora_lr) are this sweep's outcome, not one of its settings.
+    run_settings = {k: v for k, v in asdict(size).items() if k not in ("bone_lr", "lora_lr")}
+    settings = {"size": run_settings, "base_threads": args.base_threads}
     settings_file = work_dir / "settings.json"
     if settings_file.exists() and json.loads(settings_file.read_text()) != settings:
         raise SystemExit(f"{work_dir} holds runs made with other settings ({settings_file}); choose another "

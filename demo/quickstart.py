@@ -1,6 +1,6 @@
 """The offline quickstart: Bone learning a real task on a CPU, end to end, with the project's own commands.
 
-    python demo/quickstart.py                        # about 10 minutes on 2 cores (bash scripts/quickstart.sh)
+    python demo/quickstart.py                        # about 12 minutes on 2 cores (bash scripts/quickstart.sh)
     python demo/quickstart.py --size ci              # the same stages at a smaller size (the CI test)
 
 Stages, each a command a user could type (the exact commands are in OUT/logs/*.log and printed as they run):
@@ -289,7 +289,7 @@ def run_quickstart(size_name: str, out_dir: Path, seed: int, threads: int, fresh
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full",
-                        help="full: about 10 minutes on 2 CPU cores; ci: the same stages, smaller")
+                        help="full: about 12 minutes on 2 CPU cores; ci: the same stages, smaller")
     parser.add_argument("--out_dir", default="out/quickstart")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every stage")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The offline quickstart: on a CPU, no network, about 10 minutes (QUICKSTART_SIZE=ci: about 2-3 minutes).
+# The offline quickstart: on a CPU, no network, about 12 minutes (QUICKSTART_SIZE=ci: about 2-3 minutes).
 # It makes an arithmetic word-problem task, trains a tiny byte-level RWKV6 base from scratch, fine-tunes it
 # with Bone and with LoRA at equal trainable parameters, merges, scores held-out questions, chats, and plots.
 #   bash scripts/quickstart.sh
