@@ -113,27 +113,23 @@ def final_loss(rows: list) -> float:
 
 
 class Sweep:
-    """Runs fine-tunes and their held-out scoring, `jobs` at a time, each stage a Quickstart command.
-    tasks: task -> (the Quickstart whose sizes it trains at, its {"train", "test"} files)."""
+    """Runs one task's fine-tunes and their held-out scoring, `jobs` at a time, each stage a command of `qs` (the
+    Quickstart whose sizes the task trains at); files: the task's {"train", "test"} data."""
 
-    def __init__(self, base: Path, tasks: dict, jobs: int):
-        self.base, self.tasks, self.jobs = base, tasks, jobs
+    def __init__(self, task: str, qs: Quickstart, files: dict, base: Path, jobs: int):
+        self.task, self.qs, self.files, self.base, self.jobs = task, qs, files, base, jobs
 
-    def run_name(self, task: str, method: str, lr: float, seed: int) -> str:
-        return f"{task}-{method}-lr{lr:g}-seed{seed}"
-
-    def one(self, task: str, method: str, flags: list, lr: float, seed: int) -> dict:
-        name = self.run_name(task, method, lr, seed)
-        qs, data = self.tasks[task]
-        adapter = qs.fine_tune(name, flags, self.base, data["train"], lr, seed)
-        score = qs.evaluate(name, ["--base", self.base, "--adapter", adapter], data["test"])
-        rows = read_metrics(qs.out / name / "metrics.csv")
-        return {"task": task, "method": method, "lr": lr, "seed": seed, **score, "final_loss": final_loss(rows),
-                "loss_at": {str(s): loss_at(rows, s) for s in LOSS_STEPS}, "train_seconds": qs.seconds.get(name),
-                "metrics": rows}
+    def one(self, method: str, flags: list, lr: float, seed: int) -> dict:
+        name = f"{self.task}-{method}-lr{lr:g}-seed{seed}"
+        adapter = self.qs.fine_tune(name, flags, self.base, self.files["train"], lr, seed)
+        score = self.qs.evaluate(name, ["--base", self.base, "--adapter", adapter], self.files["test"])
+        rows = read_metrics(self.qs.out / name / "metrics.csv")
+        return {"task": self.task, "method": method, "lr": lr, "seed": seed, **score,
+                "final_loss": final_loss(rows), "loss_at": {str(s): loss_at(rows, s) for s in LOSS_STEPS},
+                "train_seconds": self.qs.seconds.get(name), "metrics": rows}
 
     def many(self, jobs: list) -> list:
-        """[(task, method, flags, lr, seed)] -> their results, in order."""
+        """[(method, flags, lr, seed)] -> their results, in order."""
         with ThreadPoolExecutor(max_workers=self.jobs) as pool:
             results = list(pool.map(lambda job: self.one(*job), jobs))
         for r in results:
@@ -142,13 +138,13 @@ class Sweep:
         return results
 
 
-def sweep_methods(sweep: Sweep, task: str, chosen: dict, grid: list, max_grow: int, seeds: int) -> dict:
+def sweep_methods(sweep: Sweep, chosen: dict, grid: list, max_grow: int, seeds: int) -> dict:
     """For each method: its seed-0 runs over the grown grid, its best learning rate and the runs at it."""
     runs = {m: {lr: None for lr in grid} for m in chosen}
     grow_left = {m: max_grow for m in chosen}
     pending = [(m, lr) for m in chosen for lr in grid]
     while pending:  # each round runs every method's new grid points together, so jobs stay busy
-        results = sweep.many([(task, m, chosen[m][0], lr, 0) for m, lr in pending])
+        results = sweep.many([(m, chosen[m][0], lr, 0) for m, lr in pending])
         for (m, lr), result in zip(pending, results):
             runs[m][lr] = result
         pending = []
@@ -160,7 +156,7 @@ def sweep_methods(sweep: Sweep, task: str, chosen: dict, grid: list, max_grow: i
     best = {}
     for m in chosen:
         best[m] = min(runs[m], key=lambda lr: (-runs[m][lr]["accuracy"], runs[m][lr]["final_loss"]))
-    reruns = sweep.many([(task, m, chosen[m][0], best[m], seed) for m in chosen for seed in range(1, seeds)])
+    reruns = sweep.many([(m, chosen[m][0], best[m], seed) for m in chosen for seed in range(1, seeds)])
     out = {}
     for m in chosen:
         at_best = [runs[m][best[m]]] + [r for r in reruns if r["method"] == m]
@@ -312,22 +308,22 @@ def main(argv=None) -> int:
     for task in tasks:
         print(f"{task}:", flush=True)
         qs = Quickstart(sizes[task], work_dir, 0, args.threads, fresh=False)
-        sweep = Sweep(base, {task: (qs, files[task])}, args.jobs)
-        per_method = sweep_methods(sweep, task, {m: table[m] for m in names}, grid, args.max_grow, args.seeds)
+        sweep = Sweep(task, qs, files[task], base, args.jobs)
+        per_method = sweep_methods(sweep, {m: table[m] for m in names}, grid, args.max_grow, args.seeds)
         base_score = qs.evaluate(f"{task}-base", ["--model", base], files[task]["test"])
         info = machine_info("cpu")
-        stem = RESULTS / f"convergence-cpu-{task}"
-        plot_accuracy(task, per_method, labels, stem.with_name(stem.name + ".png"))
+        stem = f"convergence-cpu-{task}"
+        plot_accuracy(task, per_method, labels, RESULTS / f"{stem}.png")
         plot_loss_curves([(f"{task} task: loss at each method's best learning rate (seed 0)",
                            {labels[m]: r["curve"] for m, r in per_method.items()})],
-                         stem.with_name(stem.name + "-loss.png"), zoom_steps=40)
-        write_json(stem.with_name(stem.name + ".json"), {
+                         RESULTS / f"{stem}-loss.png", zoom_steps=40)
+        write_json(RESULTS / f"{stem}.json", {
             "machine": info, "task": task, "size": args.size, "settings": asdict(sizes[task]), "options": vars(args),
             "trainable": counts, "init_seconds": init_seconds, "base_accuracy": base_score,
             "summary": [summary_row(m, r) for m, r in per_method.items()],
             "runs": {m: {k: v for k, v in r.items() if k != "curve"} for m, r in per_method.items()}})
         text = report(task, per_method, labels, counts, base_score, sizes[task], args, info)
-        write_text_atomic(text, stem.with_name(stem.name + ".md"))
+        write_text_atomic(text, RESULTS / f"{stem}.md")
         print(text, flush=True)
     return 0
 

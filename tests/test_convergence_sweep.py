@@ -17,16 +17,16 @@ class FakeSweep:
         return max(0.0, 0.9 - 0.3 * distance) + 0.01 * seed
 
     def many(self, jobs):
-        self.asked += [(m, lr, seed) for _, m, _, lr, seed in jobs]
-        return [{"task": task, "method": m, "lr": lr, "seed": seed, "accuracy": self.accuracy(m, lr, seed),
+        self.asked += [(m, lr, seed) for m, _, lr, seed in jobs]
+        return [{"task": "t", "method": m, "lr": lr, "seed": seed, "accuracy": self.accuracy(m, lr, seed),
                  "correct": 0, "total": 100, "final_loss": lr, "loss_at": {"10": 1.0 + seed}, "train_seconds": 1.0,
-                 "metrics": []} for task, m, _, lr, seed in jobs]
+                 "metrics": []} for m, _, lr, seed in jobs]
 
 
 def test_the_grid_grows_past_an_edge_until_the_best_is_inside():
     peaks = {"low": 1e-3 / 9, "middle": 3e-3, "high": 0.27}  # on the grid as it grows
     sweep = FakeSweep(peaks)
-    results = sweep_methods(sweep, "t", {m: ([], None) for m in peaks}, [1e-3, 3e-3, 1e-2, 3e-2], max_grow=3,
+    results = sweep_methods(sweep, {m: ([], None) for m in peaks}, [1e-3, 3e-3, 1e-2, 3e-2], max_grow=3,
                             seeds=3)
     for method, peak in peaks.items():
         result = results[method]
@@ -44,7 +44,7 @@ def test_the_grid_grows_past_an_edge_until_the_best_is_inside():
 
 def test_a_grid_that_cannot_grow_enough_says_its_best_is_on_the_edge():
     sweep = FakeSweep({"far": 1e-5})
-    result = sweep_methods(sweep, "t", {"far": ([], None)}, [1e-3, 1e-2], max_grow=1, seeds=1)["far"]
+    result = sweep_methods(sweep, {"far": ([], None)}, [1e-3, 1e-2], max_grow=1, seeds=1)["far"]
     assert math.isclose(result["best_lr"], 1e-4, rel_tol=1e-9) and result["best_on_edge"]
 
 
