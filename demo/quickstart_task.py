@@ -28,6 +28,8 @@ import json
 import random
 from pathlib import Path
 
+from src.checkpoint.files import write_text_atomic
+
 NAMES = [
     "Tom", "Anna", "Ben", "Lily", "Sam", "Mia", "Max", "Emma", "Leo", "Zoe", "Jack", "Nina", "Omar", "Ruth",
     "Ivan", "Kate", "Paul", "Sara", "Hugo", "Lucy",
@@ -194,12 +196,8 @@ def generate_two_step_task(seed=0, n_train=2000, n_test=200, test_pair_fraction=
 
 
 def write_jsonl(path, records):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    return path
+    """Atomically: a sweep rewrites its task files while earlier runs' data must never be seen half-written."""
+    return write_text_atomic("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), path)
 
 
 def write_task(out_dir, seed=0, n_train=2000, n_test=200, n_pretrain=20000):
