@@ -284,15 +284,11 @@ def greedy_reply(model, prompt_ids, state, length):
     return bytes(out).decode("latin-1")
 
 
-def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, monkeypatch, capsys):
+def test_state_tuning_teaches_the_toy_answer(tiny, tmp_path, capsys):
     """Every answer of the toy task is "zebra": the tuned state (trained in chunks) makes it the greedy reply to an
     unseen question, which the untuned model does not give; the evaluator and chat --state serve the same reply."""
     write_sft(tmp_path / "zebra.jsonl", [(f"Name {i}?", "zebra") for i in range(30)])
-    for name in ("OMP_NUM_THREADS", "DS_ACCELERATOR", "PL_GLOBAL_SEED", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                 "NODE_RANK", "MASTER_ADDR", "MASTER_PORT"):  # main() sets them: give them back (a later
-        # multi-process run would otherwise take itself for an already-launched rank)
-        monkeypatch.setenv(name, "unset-by-test")
-        monkeypatch.delenv(name)
+    # The launcher variables main() sets are given back by conftest's autouse fixture.
     threads = torch.get_num_threads()
     proj = tmp_path / "state"
     try:
